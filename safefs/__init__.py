@@ -1,0 +1,1 @@
+"""safefs: an end-to-end encrypted, versioned network drive."""
