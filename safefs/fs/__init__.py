@@ -1,0 +1,43 @@
+"""The FUSE file system of safefs: ``safefs mount`` (pyfuse3 + trio), an app of the gateway.
+
+Module map (one concern each):
+
+- ``dirrecord``: the deterministic directory-record codec (tag-501 StructuredData content).
+- ``meta``: the local SQLite metadata (inodes, entries, xattrs, sync state): the canonical schema.
+- ``cache``: plaintext cache files per inode, block presence, LRU eviction of clean data.
+- ``remote``: the gateway seen by the file system (records, content upload and ranged reads).
+- ``merge``: three-way merge of a directory's base, remote and local states.
+- ``sync``: ``SyncTask``: uploads idle dirty files, publishes directories, pulls remote changes.
+- ``operations``: ``Operations(pyfuse3.Operations)``: FUSE requests onto the pieces above.
+- ``ctrl``: the control file through which ``safefs umount/sync/status`` talk to the daemon.
+- ``mount``: the daemon's entry point (trio, pyfuse3, signals, systemd notification).
+
+This module holds the constants shared by them.
+"""
+
+from __future__ import annotations
+
+#: StructuredData type tag of directory records (versioned: every version stays readable).
+DIR_TAG = 501
+
+#: Files up to this size travel inside their directory record instead of as ImmutableData:
+#: it saves a writer and a reader handle per small file (sources, configs, git objects).
+INLINE_MAX = 4096
+
+#: Longest file name (bytes), as reported by statfs.
+NAME_MAX = 255
+
+#: The app identity of the mount. It is fixed so that every device of one account derives the
+#: same SYMMETRIC key and can read the directories the others wrote.
+APP_INFO = {
+    "name": "safefs mount",
+    "id": "net.safefs.mount",
+    "vendor": "safefs",
+    "version": "1",
+}
+
+#: BLAKE3 derive_key context turning the account's public signing key into the root's record name.
+ROOT_CONTEXT = "safefs root directory v1"
+
+#: Namespace of the read-only virtual attributes.
+SAFE_XATTR_PREFIX = b"user.safe."
