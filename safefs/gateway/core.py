@@ -1,0 +1,158 @@
+"""The gateway object: everything a request handler needs, in one place.
+
+One :class:`Gateway` per process holds the store, the account keys, the settings, the app
+sessions, the handle tables, the shared decrypted-chunk cache and the limiter that bounds the
+worker threads doing CPU and store work. Handlers reach it as ``call.gateway``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from safefs import paths
+
+from . import read_admin_secret
+from .handles import DEFAULT_CAPACITY, Handles
+from .sessions import AuthRequests, Session, SessionStore
+from .state import open_state_db
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from safefs.keys import Account
+    from safefs.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    handle_capacity: int = DEFAULT_CAPACITY
+    # How long POST /auth waits for a person to approve or reject the app.
+    auth_timeout: float = 300.0
+    # Approve every app at once (tests only).
+    auto_approve: bool = False
+    # Decrypted chunks shared by all readers; a few maximum-size chunks per concurrent reader.
+    chunk_cache_bytes: int = 64 * 1024 * 1024
+    # Worker threads for encryption, decryption and store calls.
+    threads: int = max(2, os.cpu_count() or 2)
+
+
+class ChunkCache:
+    """A bounded LRU of decrypted chunks keyed by their encrypted name, safe across threads.
+
+    Readers of one file share it, so sequential small reads decrypt each chunk once.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._capacity = capacity_bytes
+        self._size = 0
+        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: bytes) -> bytes | None:
+        with self._lock:
+            data = self._chunks.get(name)
+            if data is not None:
+                self._chunks.move_to_end(name)
+            return data
+
+    def put(self, name: bytes, data: bytes) -> None:
+        if len(data) > self._capacity:
+            return
+        with self._lock:
+            old = self._chunks.pop(name, None)
+            if old is not None:
+                self._size -= len(old)
+            self._chunks[name] = data
+            self._size += len(data)
+            while self._size > self._capacity:
+                _, evicted = self._chunks.popitem(last=False)
+                self._size -= len(evicted)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
+class Gateway:
+    def __init__(self, store: Store, account: Account, settings: GatewaySettings,
+                 state_db: sqlite3.Connection, spool_dir: Path, admin_secret: str) -> None:
+        self.store = store
+        self.account = account
+        self.settings = settings
+        self.state_db = state_db
+        self.spool_dir = spool_dir
+        self._admin_secret = admin_secret
+        self.sessions = SessionStore(state_db)
+        self.auth_requests = AuthRequests()
+        self.handles = Handles(settings.handle_capacity)
+        self.chunk_cache = ChunkCache(settings.chunk_cache_bytes)
+        self.limiter = trio.CapacityLimiter(settings.threads)
+
+    @classmethod
+    def open(cls, store_url: str, settings: GatewaySettings) -> Gateway:
+        """Open the store, the account (created on first use), the state and the admin secret."""
+        from safefs.store import open_store
+
+        account = load_or_create_account()
+        spool_dir = paths.data_dir() / "spool"
+        # Spooled uploads belong to writer handles, which do not survive a restart.
+        shutil.rmtree(spool_dir, ignore_errors=True)
+        paths.ensure_private_dir(spool_dir)
+        store = open_store(store_url)
+        return cls(store, account, settings, open_state_db(), spool_dir, ensure_admin_secret())
+
+    def close(self) -> None:
+        self.auth_requests.cancel_all()
+        self.handles.clear()
+        self.store.close()
+        self.state_db.close()
+
+    def is_admin(self, secret: str | None) -> bool:
+        return secret is not None and hmac.compare_digest(secret, self._admin_secret)
+
+    def app_key(self, session: Session) -> bytes:
+        """The symmetric key of the session's app (SYMMETRIC cipher opts)."""
+        return self.account.app_key(session.app.key_id)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (crypto, store calls, file I/O) in a bounded worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+def ensure_admin_secret() -> str:
+    """The admin secret, created (mode 0600) on first use."""
+    secret = read_admin_secret()
+    if secret is None:
+        secret = secrets.token_hex(32)
+        paths.write_secret(paths.admin_secret_file(), secret.encode())
+    return secret
+
+
+def load_or_create_account() -> Account:
+    """The account of this device; a new one is created the first time (as ``safefs mount``)."""
+    from safefs.keys import Account
+
+    path = paths.account_key_file()
+    if path.exists():
+        return Account.load(path)
+    account = Account.generate()
+    account.save(path)
+    log.warning("created a new account in %s; `safefs account show` prints its public id; "
+                "back up that file, it is the only way to recover your data", path)
+    return account
