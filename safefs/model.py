@@ -370,7 +370,7 @@ class StructuredData:
 
     def successor(self, data: bytes, signing_key: SigningKey) -> StructuredData:
         """The next version carrying ``data`` (what POST stores), signed by the owner."""
-        return replace(self, data=data, version=self.version + 1).sign(signing_key)
+        return replace(self, data=data, version=self.version + 1, deleted=False).sign(signing_key)
 
     def deleted_successor(self, signing_key: SigningKey) -> StructuredData:
         """The tombstone DELETE stores: next version, no data, deleted, signed by the owner."""
@@ -468,7 +468,8 @@ class VersionsInfo:
     older_count: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "versions", tuple(XorName(v) for v in self.versions))
+        versions = tuple(v if isinstance(v, XorName) else XorName(v) for v in self.versions)
+        object.__setattr__(self, "versions", versions)
         if len(self.versions) > VERSIONS_PER_PAGE:
             raise ValueError(f"more than {VERSIONS_PER_PAGE} versions in one page")
         if self.older is not None:
@@ -826,9 +827,16 @@ class AppendWrapper:
         if ad.encrypt_key is not None:
             sealed = SealedBox(PublicKey(ad.encrypt_key)).encrypt(entry.serialise())
             entry = PrivAppendedData(sealed)
+        return cls.signed(ad.identifier, entry, ad.version, signing_key)
+
+    @classmethod
+    def signed(
+        cls, append_to: DataIdentifier, entry: Entry, version: int, signing_key: SigningKey
+    ) -> AppendWrapper:
+        """A wrapper around a ready-made ``entry``, signed by ``signing_key``."""
         sign_key = signing_key.verify_key.encode()
-        message = _wrapper_message(ad.identifier, entry, ad.version, sign_key)
-        return cls(ad.identifier, entry, ad.version, sign_key, _sign(signing_key, message))
+        message = _wrapper_message(append_to, entry, version, sign_key)
+        return cls(append_to, entry, version, sign_key, _sign(signing_key, message))
 
     def verify(self) -> bool:
         message = _wrapper_message(self.append_to, self.data, self.version, self.sign_key)
