@@ -68,6 +68,29 @@ def a_pointer() -> DataIdentifier:
     return DataIdentifier.immutable(os.urandom(32))
 
 
+# Pinned vectors (docs/FORMAT.md 3.8): the signing key is the one derived from the account
+# secret 00 01 .. 1f.
+VECTOR_SIGNING_KEY = SigningKey(
+    bytes.fromhex("4bfdb187ea192420cd8984b19f9adf29275179b3c0d99a7dab36423fe46722a2")
+)
+VECTOR_SD = bytes.fromhex(
+    "f501000000000000" + "00" * 32 + "0500000000000000" + "68656c6c6f" + "0000000000000000"
+    "fac21581f6a44a349f30e42f57ae30c9380c7a2b496e872ba5a2d3ca009dca1e" + "00" + "01"
+    "b5f21b71a1f0946c692e1561e0350a22a81cfd3f7e5e3676edffa3c887e2e50a"
+    "4ca4c71aef25ebc12b4f3dc8d3112968d9eaedc387a7ebbc81dec4fcea5ef103"
+)
+
+
+def test_pinned_vectors() -> None:
+    identifier = DataIdentifier.structured(bytes(range(32)), 501)
+    assert identifier.record_key().hex() == (
+        "d6c26702f80b237ccd6e396bd72e2781cf2ebc15764bb974171719b4f449d3b7"
+    )
+    sd = StructuredData(501, bytes(32), b"hello", 0, pub(VECTOR_SIGNING_KEY))
+    assert sd.sign(VECTOR_SIGNING_KEY).serialise() == VECTOR_SD
+    assert StructuredData.deserialise(VECTOR_SD).verify()
+
+
 # --- names and identifiers ---------------------------------------------------------------------
 
 
