@@ -151,7 +151,14 @@ class Account:
         """The account saved at ``path``; refuses a file other users can read."""
         path = path or paths.account_key_file()
         try:
-            fd = os.open(path, os.O_RDONLY)
+            with open(path, "rb") as file:
+                mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+                if mode & 0o077:
+                    raise AccountError(
+                        f"{path} is accessible to other users (mode {mode:o}): "
+                        f"run 'chmod 600 {path}' if nobody else could have read it"
+                    )
+                content = file.read()
         except FileNotFoundError:
             raise AccountError(
                 f"no account on this device ({path} does not exist): create one with "
@@ -159,14 +166,6 @@ class Account:
             ) from None
         except OSError as exc:
             raise AccountError(f"cannot read {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as file:
-            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
-            if mode & 0o077:
-                raise AccountError(
-                    f"{path} is accessible to other users (mode {mode:o}): "
-                    f"run 'chmod 600 {path}' if nobody else could have read it"
-                )
-            content = file.read()
         try:
             return cls.from_recovery(content.decode("ascii"))
         except (UnicodeDecodeError, AccountError) as exc:

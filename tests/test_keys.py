@@ -132,6 +132,11 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
         Account.load(path)
 
 
+def test_unreadable_key_file(tmp_path: Path) -> None:
+    with pytest.raises(AccountError, match="cannot read"):
+        Account.load(tmp_path)
+
+
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe", b"not a secret\n", b"safefs1qqqq\n"])
 def test_corrupt_key_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "account.key"

@@ -151,6 +151,39 @@ def test_arbitrary_bytes_decode_or_fail_cleanly(data: bytes) -> None:
             assert value.serialise() == data
 
 
+def _sample_records() -> list[tuple[type, bytes]]:
+    key = SigningKey(bytes(32))
+    sd = StructuredData(501, bytes(32), b"data", 3, pub(key)).sign(key)
+    public = AppendableData(bytes(32), pub(key), filter=Filter(FilterKind.WHITE_LIST, {pub(key)}))
+    public = apply_append(public.sign(key), AppendWrapper.create(public, a_pointer(), key))
+    private = AppendableData(bytes(32), pub(key), PrivateKey(bytes(32)).public_key.encode())
+    private = apply_append(private, AppendWrapper.create(private, a_pointer(), key))
+    info = VersionsInfo((bytes(32), bytes(range(32))), bytes(32), 7)
+    return [
+        (StructuredData, sd.serialise()),
+        (AppendableData, public.removed(0).sign(key).serialise()),
+        (AppendableData, private.serialise()),
+        (VersionsInfo, info.serialise()),
+    ]
+
+
+SAMPLE_RECORDS = _sample_records()
+
+
+@given(st.sampled_from(SAMPLE_RECORDS), st.data())
+def test_damaged_records_decode_or_fail_cleanly(sample: tuple[type, bytes], data) -> None:
+    decoder, encoded = sample
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    damaged = bytearray(encoded)
+    damaged[position] ^= data.draw(st.integers(1, 255))
+    try:
+        value = decoder.deserialise(bytes(damaged))
+    except SafeError as exc:
+        assert exc.code in (errors.ENCODE_DECODE, errors.INVALID_TYPE_TAG)
+    else:
+        assert value.serialise() == bytes(damaged)
+
+
 # --- StructuredData ----------------------------------------------------------------------------
 
 
