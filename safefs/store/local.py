@@ -1,0 +1,440 @@
+"""``file://DIR`` store: chunks as files, records in SQLite, in one local directory.
+
+The layout and the rules that make it safe (atomic publication, fsync order, locking) are
+specified in docs/FORMAT.md §4; the short version:
+
+- a chunk is written to ``tmp/``, fsynced, then hard-linked to ``chunks/ab/abcd...`` and the
+  fan-out directory fsynced, so a crash leaves either the whole chunk under its name or nothing
+  (a leftover in ``tmp/``, removed at a later open);
+- records live in ``records.sqlite`` (WAL, ``synchronous=FULL``); every read-compare-write runs in
+  ``BEGIN IMMEDIATE``, so threads and processes sharing the directory serialise their writes.
+
+The directory must be on a local filesystem: SQLite's WAL mode needs shared memory between the
+processes that use it, which network filesystems do not provide.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .base import (
+    ChunkNotFound,
+    InvalidStoreURL,
+    RecordExists,
+    RecordNotFound,
+    Store,
+    StoreError,
+    StoreFull,
+    StoreStats,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEME = "file"
+
+FORMAT_MAGIC = "safefs-store"
+FORMAT_VERSION = 1
+FORMAT_FILE = "format"
+CHUNKS_DIR = "chunks"
+TEMP_DIR = "tmp"
+RECORDS_DB = "records.sqlite"
+# Every name a store directory may hold (SQLite keeps its -wal/-shm/-journal beside the database).
+# A directory holding anything else and no format file is not ours: refuse to write into it.
+LAYOUT_NAMES = frozenset({FORMAT_FILE, CHUNKS_DIR, TEMP_DIR, RECORDS_DB, f"{RECORDS_DB}-wal",
+                          f"{RECORDS_DB}-shm", f"{RECORDS_DB}-journal"})
+
+# A temp file untouched for this long belongs to a writer that died; writing one chunk takes
+# well under a second, so an hour leaves a wide margin for slow disks and stopped processes.
+STALE_TEMP_AGE = 3600.0
+# How long a writer waits for another thread or process to release the database write lock
+# before the call fails with StoreUnavailable. Write transactions last milliseconds.
+BUSY_TIMEOUT = 30.0
+
+# The record database. Executed on every open, so every statement must be idempotent.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key     BLOB    NOT NULL,  -- the record's address: opaque bytes chosen by the caller
+    version INTEGER NOT NULL,  -- 0 .. 2^63-1; the versions of one key are consecutive
+    value   BLOB    NOT NULL,  -- the value exactly as given (signed/encrypted by the caller)
+    PRIMARY KEY (key, version)
+);
+CREATE TABLE IF NOT EXISTS totals (
+    id           INTEGER PRIMARY KEY CHECK (id = 0),  -- the table has exactly one row
+    chunk_count  INTEGER NOT NULL,  -- chunk files this store has created
+    chunk_bytes  INTEGER NOT NULL,  -- their total size in bytes
+    record_count INTEGER NOT NULL   -- distinct keys in records
+);
+INSERT OR IGNORE INTO totals VALUES (0, 0, 0, 0);
+"""
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """Create the record database's tables if they are missing (the one canonical schema)."""
+    db.executescript(SCHEMA)
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path) -> None:
+        """Open the store in ``root`` (absolute); a missing or empty directory becomes one."""
+        if not root.is_absolute():
+            raise InvalidStoreURL(f"a local store needs an absolute path, not {str(root)!r}")
+        self.root = root
+        self.url = f"{SCHEME}://{root}"
+        self._chunks_dir = str(root / CHUNKS_DIR)
+        self._temp_dir = str(root / TEMP_DIR)
+        self._db_path = str(root / RECORDS_DB)
+        # Idle connections; a call takes one for its duration, so none is used by two threads.
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        try:
+            self._open_layout()
+        except BaseException as exc:
+            self._close()
+            if isinstance(exc, OSError):
+                raise _os_error(exc, f"opening store {root}") from exc
+            raise
+        log.info("opened local store %s", root)
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStore:
+        """``file://`` followed by an absolute path, taken literally (no percent-decoding)."""
+        prefix = f"{SCHEME}://"
+        path = url[len(prefix):] if url.startswith(prefix) else ""
+        if not os.path.isabs(path):
+            raise InvalidStoreURL(
+                f"{url!r}: a local store URL is file:// and an absolute path, e.g. file:///srv/store")
+        return cls(Path(path))
+
+    # Layout
+
+    def _open_layout(self) -> None:
+        """Check or create the directory layout; the format file is written last, once complete.
+
+        Idempotent, so processes opening a new store at the same moment all succeed.
+        """
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        version = self._read_format()
+        if version is None:
+            foreign = sorted(set(os.listdir(self.root)) - LAYOUT_NAMES)
+            if foreign:
+                raise StoreError(f"{self.root} is not a safefs store and not empty "
+                                 f"(it holds {', '.join(foreign[:3])}...)")
+        elif version != FORMAT_VERSION:
+            raise StoreError(f"{self.root} has store format {version}; this safefs reads "
+                             f"format {FORMAT_VERSION}")
+        for directory in (self._chunks_dir, self._temp_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._remove_stale_temp_files()
+        with self._db() as db:
+            create_schema(db)
+        if version is None:
+            self._write_format()
+
+    def _read_format(self) -> int | None:
+        try:
+            text = (self.root / FORMAT_FILE).read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not ASCII
+            text = ""
+        magic, _, version = text.strip().partition(" ")
+        if magic != FORMAT_MAGIC or not version.isdigit():
+            raise StoreError(f"{self.root / FORMAT_FILE} is not a safefs store format file")
+        return int(version)
+
+    def _write_format(self) -> None:
+        temp = self._temp_path(FORMAT_FILE)
+        try:
+            _write_synced(temp, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode())
+            os.replace(temp, self.root / FORMAT_FILE)
+            _fsync_dir(str(self.root))
+        finally:
+            _remove_quietly(temp)
+
+    def _remove_stale_temp_files(self) -> None:
+        cutoff = time.time() - STALE_TEMP_AGE
+        removed = 0
+        with os.scandir(self._temp_dir) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass  # another process opening the store removed it first
+        if removed:
+            log.info("removed %d stale temp files from %s", removed, self._temp_dir)
+
+    def _temp_path(self, final_name: str) -> str:
+        # pid and randomness: unique across the threads and processes sharing the store.
+        return os.path.join(self._temp_dir,
+                            f"{final_name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+    # Chunks
+
+    def _chunk_path(self, name: bytes) -> str:
+        hex_name = name.hex()
+        return os.path.join(self._chunks_dir, hex_name[:2], hex_name)
+
+    def _put_chunk(self, name: bytes, data: bytes) -> bool:
+        path = self._chunk_path(name)
+        try:
+            size = _file_size(path)
+            if size == len(data):
+                return False
+            created = self._publish_chunk(path, data, replace=size is not None)
+        except OSError as exc:
+            raise _os_error(exc, f"writing chunk {name.hex()}") from exc
+        if size is not None:
+            # Only damage makes a file of the wrong size (the bytes were checked on the way in).
+            log.warning("replaced damaged chunk %s (%d bytes on disk, %d expected)",
+                        name.hex(), size, len(data))
+        elif created:
+            self._count_new_chunk(len(data))
+        return created
+
+    def _publish_chunk(self, path: str, data: bytes, *, replace: bool) -> bool:
+        """Write ``data`` durably under ``path``; False if another writer created it first.
+
+        Temp file, fsync, then a hard link: unlike rename, a link never replaces, so exactly one
+        of several racing writers learns that it created the chunk.
+        """
+        fanout_dir = os.path.dirname(path)
+        self._ensure_fanout_dir(fanout_dir)
+        temp = self._temp_path(os.path.basename(path))
+        try:
+            _write_synced(temp, data)
+            if replace:
+                os.replace(temp, path)
+                created = True
+            else:
+                created = _link_new(temp, path)
+            _fsync_dir(fanout_dir)
+        finally:
+            _remove_quietly(temp)
+        return created
+
+    def _ensure_fanout_dir(self, directory: str) -> None:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            return
+        _fsync_dir(self._chunks_dir)
+
+    def _count_new_chunk(self, size: int) -> None:
+        try:
+            with self._transaction() as db:
+                db.execute("UPDATE totals SET chunk_count = chunk_count + 1, "
+                           "chunk_bytes = chunk_bytes + ?", (size,))
+        except StoreError as exc:
+            # The chunk itself is durably stored; totals are statistics and must not fail it.
+            log.warning("chunk totals not updated: %s", exc)
+
+    def _get_chunk(self, name: bytes) -> bytes:
+        try:
+            with open(self._chunk_path(name), "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            raise ChunkNotFound(name) from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading chunk {name.hex()}") from exc
+
+    def _has_chunk(self, name: bytes) -> bool:
+        try:
+            return _file_size(self._chunk_path(name)) is not None
+        except OSError as exc:
+            raise _os_error(exc, f"looking up chunk {name.hex()}") from exc
+
+    # Records
+
+    def _create_record(self, key: bytes, version: int, value: bytes) -> None:
+        with self._transaction() as db:
+            if _latest_version(db, key) is not None:
+                raise RecordExists(key)
+            db.execute("INSERT INTO records (key, version, value) VALUES (?, ?, ?)",
+                       (key, version, value))
+            db.execute("UPDATE totals SET record_count = record_count + 1")
+
+    def _cas_record(self, key: bytes, expected_version: int, value: bytes) -> int:
+        with self._transaction() as db:
+            current = _latest_version(db, key)
+            if current is None:
+                raise RecordNotFound(key)
+            if current != expected_version:
+                raise VersionConflict(current)
+            db.execute("INSERT INTO records (key, version, value) VALUES (?, ?, ?)",
+                       (key, current + 1, value))
+        return current + 1
+
+    def _get_record(self, key: bytes, version: int | None) -> tuple[int, bytes]:
+        with self._db() as db:
+            if version is None:
+                row = db.execute("SELECT version, value FROM records WHERE key = ? "
+                                 "ORDER BY version DESC LIMIT 1", (key,)).fetchone()
+            else:
+                row = db.execute("SELECT version, value FROM records "
+                                 "WHERE key = ? AND version = ?", (key, version)).fetchone()
+        if row is None:
+            raise RecordNotFound(key, version)
+        return row[0], row[1]
+
+    def _record_versions(self, key: bytes) -> list[int]:
+        with self._db() as db:
+            rows = db.execute("SELECT version FROM records WHERE key = ? ORDER BY version",
+                              (key,)).fetchall()
+        return [version for (version,) in rows]
+
+    def _stats(self) -> StoreStats:
+        with self._db() as db:
+            chunk_count, chunk_bytes, record_count = db.execute(
+                "SELECT chunk_count, chunk_bytes, record_count FROM totals").fetchone()
+        return StoreStats(chunk_count, chunk_bytes, record_count)
+
+    # Database connections
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; writes say BEGIN IMMEDIATE themselves.
+        db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":
+                raise StoreError(f"{self._db_path}: SQLite refused WAL mode ({mode})")
+            # FULL: a commit is on disk before cas_record returns, so a version the gateway has
+            # acknowledged survives a power cut (NORMAL in WAL mode may lose the last commits).
+            db.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call; SQLite errors become store errors."""
+        with self._pool_lock:
+            db = self._idle.pop() if self._idle else None
+        try:
+            if db is None:
+                db = self._connect()
+            yield db
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()  # its state is unknown after a failure, and a new one is cheap
+            raise _sqlite_error(exc, self._db_path) from exc
+        except BaseException:
+            self._release(db)
+            raise
+        self._release(db)
+
+    def _release(self, db: sqlite3.Connection | None) -> None:
+        if db is None:
+            return
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(db)
+                return
+        db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the database write lock from its first statement.
+
+        ``BEGIN IMMEDIATE`` takes the lock before the read of a compare-and-swap, so no other
+        thread or process can commit between the compare and the write.
+        """
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _close(self) -> None:
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+
+def _latest_version(db: sqlite3.Connection, key: bytes) -> int | None:
+    (version,) = db.execute("SELECT MAX(version) FROM records WHERE key = ?", (key,)).fetchone()
+    return version
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """Create ``path`` (which must not exist) holding ``data``, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_new(temp: str, path: str) -> bool:
+    """Give ``temp`` the name ``path`` unless it exists; False if it did."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP):
+            raise
+        # A filesystem without hard links (FAT, some shares): rename is still atomic, but it
+        # cannot tell racing writers apart, so both may report a new chunk.
+        os.replace(temp, path)
+    return True
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the directory's entries (a rename, a link, a new subdirectory) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _os_error(exc: OSError, doing: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"{doing}: no space left on the store's disk ({exc.strerror})")
+    return StoreError(f"{doing}: {exc}")
+
+
+def _sqlite_error(exc: sqlite3.Error, db_path: str) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # primary code of an extended one
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreUnavailable(f"{db_path} is busy: {exc}")
+    if code == sqlite3.SQLITE_FULL:
+        return StoreFull(f"{db_path}: no space left on the store's disk")
+    return StoreError(f"{db_path}: {exc}")
