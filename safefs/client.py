@@ -27,12 +27,11 @@ import httpx
 import trio
 
 from safefs import errors
-from safefs.gateway import ADMIN_HEADER
+from safefs.gateway import ADMIN_HEADER, OFFSET_HEADER
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SIZE = 4 * 1024 * 1024
-OFFSET_HEADER = "X-Safefs-Offset"
 
 Progress = Callable[[int], None] | None
 

@@ -57,11 +57,15 @@ def run(args: argparse.Namespace) -> None:
     settings = GatewaySettings(handle_capacity=args.handle_capacity,
                                auth_timeout=args.auth_timeout, auto_approve=args.auto_approve,
                                threads=args.threads)
+    from safefs.keys import AccountError
+
     if args.verbose == 0:
         logging.getLogger("safefs").setLevel(logging.INFO)
     try:
         run_server(args.store or paths.default_store_url(), args.listen, settings,
                    certfile=args.tls_cert, keyfile=args.tls_key)
+    except AccountError as exc:
+        raise QuietError(str(exc)) from None
     except BaseExceptionGroup as group:
         raise _startup_error(group, args.listen) from None
     except OSError as exc:

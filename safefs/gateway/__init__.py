@@ -14,6 +14,9 @@ from safefs import paths
 # Header carrying the local admin secret (``paths.admin_secret_file()``): admin endpoints, and
 # instant approval of ``POST /auth`` for local tools such as the mount daemon.
 ADMIN_HEADER = "X-Safefs-Admin"
+# Optional header of ``POST /immutable-data/:writer``: the writer's size the client expects
+# before this append. It makes a retried append idempotent (see safefs.gateway.immutable).
+OFFSET_HEADER = "X-Safefs-Offset"
 
 
 def write_info(url: str) -> None:

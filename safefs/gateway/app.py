@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import admin, auth
+from . import admin, auth, immutable, misc
 from .core import Gateway
 from .routing import error_json
 
-ROUTE_MODULES = (auth, admin)
+ROUTE_MODULES = (auth, admin, immutable, misc)
 API_PREFIXES = ("/0.5", "/0.6")
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from safefs import paths
+from safefs import paths, selfenc
 
 from . import read_admin_secret
 from .handles import DEFAULT_CAPACITY, Handles
@@ -50,6 +50,8 @@ class GatewaySettings:
     chunk_cache_bytes: int = 64 * 1024 * 1024
     # Worker threads for encryption, decryption and store calls.
     threads: int = max(2, os.cpu_count() or 2)
+    # Chunk size and compression of newly written data.
+    selfenc: selfenc.Settings = selfenc.DEFAULT_SETTINGS
 
 
 class ChunkCache:

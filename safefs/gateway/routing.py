@@ -22,6 +22,8 @@ before parameterised ones (``/immutable-data/{handle}``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import logging
@@ -33,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from safefs import errors
 from safefs.errors import SafeError
 from safefs.gateway import ADMIN_HEADER
 
@@ -48,6 +51,8 @@ UNAUTHORISED_ACCESS = "Unauthorised access"
 LLA_NOT_GRANTED = "Low level api access is not granted"
 UNAUTHORISED = "Unauthorised"
 ADMIN_REQUIRED = "The gateway's admin secret is required"
+FIELD_NOT_VALID = "Invalid request. '%s' not a valid input"
+_NETWORK_FULL = -28  # errors.DESCRIPTIONS: MutationError::NetworkFull
 
 
 class Access(enum.Enum):
@@ -69,6 +74,25 @@ class ApiError(Exception):
         self.error_code = error_code
 
 
+def not_valid(field: str) -> ApiError:
+    """The launcher's 400 for a body field of the wrong type or shape."""
+    return ApiError(400, FIELD_NOT_VALID % field)
+
+
+def b64_field(body: Any, field: str, size: int | None = None) -> bytes:
+    """A base64 field of a JSON body (of ``size`` bytes when given), else :func:`not_valid`."""
+    value = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        raise not_valid(field)
+    try:
+        data = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise not_valid(field) from None
+    if size is not None and len(data) != size:
+        raise not_valid(field)
+    return data
+
+
 def error_json(status: int, code: int, description: str) -> JSONResponse:
     return JSONResponse({"errorCode": code, "description": description}, status_code=status)
 
@@ -79,17 +103,16 @@ def error_response(exc: Exception) -> Response:
         return error_json(exc.status, exc.error_code, exc.description)
     if isinstance(exc, SafeError):
         return JSONResponse(exc.to_json(), status_code=exc.http_status)
-    if _is_store_unavailable(exc):
+    from safefs.store import StoreFull, StoreUnavailable
+
+    if isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc)
-        return error_json(503, -27, "CoreError::MutationFailure::MutationError::NetworkOther")
+        return JSONResponse(SafeError(errors.NETWORK_OTHER).to_json(), status_code=503)
+    if isinstance(exc, StoreFull):
+        log.error("store full: %s", exc)
+        return JSONResponse(SafeError(_NETWORK_FULL).to_json(), status_code=507)
     log.exception("unhandled error in a gateway handler")
     return error_json(500, 500, "Internal server error")
-
-
-def _is_store_unavailable(exc: Exception) -> bool:
-    from safefs.store import StoreUnavailable
-
-    return isinstance(exc, StoreUnavailable)
 
 
 def bare_unauthorised() -> Response:

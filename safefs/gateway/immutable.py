@@ -1,0 +1,207 @@
+"""``/immutable-data``: writer and reader handles (launcher controllers/immutable_data.js).
+
+Writing: ``GET /immutable-data/writer`` makes a writer, each ``POST /immutable-data/:w``
+appends its streamed body to a spool file in the gateway's data directory (never held in
+memory), and closing (``PUT /immutable-data/:w/:cipherOpts``, or the seed's
+``DELETE /immutable-data/writer/:w/:cipherOpts``) self-encrypts the spooled bytes into the
+store (:mod:`safefs.gateway.blobs`) and answers a data-id handle. Closing does not drop the
+writer; ``DELETE /immutable-data/writer/:w`` does.
+
+An append is all or nothing: if the body ends early the spool file is cut back to its previous
+size. A client may send ``X-Safefs-Offset: n`` (the size it believes the writer has): a retry of
+an append the gateway already has is then acknowledged instead of appended twice, and a
+mismatch is a 409.
+
+Reading: ``GET /immutable-data/reader/:dataId`` opens a reader (``{"handleId","size"}``) and
+``GET /immutable-data/:r`` streams bytes, honouring ``Range`` with the launcher's rules (the end
+is exclusive; see :func:`parse_range`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+from starlette.requests import ClientDisconnect
+from starlette.responses import StreamingResponse
+
+from safefs import errors
+from safefs.errors import SafeError
+from safefs.gateway import OFFSET_HEADER
+from safefs.model import DataIdentifier, DataKind
+
+from . import blobs
+from .handles import Kind
+from .misc import cipher_opts_of
+from .routing import Access, ApiError, Call, Routes
+
+log = logging.getLogger(__name__)
+
+routes = Routes()
+
+# Bytes per read while streaming a response (the launcher's reader used 1 MiB too).
+READ_PIECE = 1024 * 1024
+CONTENT_LENGTH_NOT_PRESENT = "Content-Length header is not present"
+
+
+class SpoolWriter:
+    """The bytes appended to one writer handle, in a temporary file."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=spool_dir, prefix="writer-")
+        os.close(fd)
+        self.path = Path(name)
+        self.size = 0
+        self.lock = trio.Lock()  # one append or close at a time
+
+    async def append(self, body: AsyncIterator[bytes], length: int) -> None:
+        """Append exactly ``length`` bytes of ``body``, or nothing."""
+        written = 0
+        try:
+            async with await trio.open_file(self.path, "ab") as file:
+                async for piece in body:
+                    if written + len(piece) > length:
+                        raise ApiError(400, "Request body is longer than its Content-Length")
+                    await file.write(piece)
+                    written += len(piece)
+            if written != length:
+                raise ApiError(400, "Request aborted by client")
+        except BaseException:
+            await trio.to_thread.run_sync(os.truncate, self.path, self.size)
+            raise
+        self.size += written
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _content_length(call: Call) -> int:
+    value = call.request.headers.get("content-length", "").strip()
+    if not value.isdigit():
+        raise ApiError(400, CONTENT_LENGTH_NOT_PRESENT)
+    return int(value)
+
+
+@routes.get("/immutable-data/writer", access=Access.LLA)
+async def new_writer(call: Call) -> dict:
+    writer = SpoolWriter(call.gateway.spool_dir)
+    return {"handleId": call.gateway.handles.add(Kind.WRITER, call.owner, writer,
+                                                 release=writer.release)}
+
+
+@routes.get("/immutable-data/reader/{handle}")
+async def new_reader(call: Call) -> dict:
+    data_id: DataIdentifier = call.get(Kind.DATA_ID)
+    if data_id.kind is not DataKind.IMMUTABLE:
+        raise SafeError(errors.NO_SUCH_DATA, "not an ImmutableData identifier")
+    gateway = call.gateway
+    session = call.session
+    sym_key = gateway.app_key(session) if session else None
+    box_keypair = gateway.account.box_keypair if session else None
+    blob = await gateway.run_sync(blobs.Blob, gateway.store, gateway.chunk_cache, data_id.name,
+                                  sym_key, box_keypair)
+    return {"handleId": gateway.handles.add(Kind.READER, call.owner, blob), "size": blob.size}
+
+
+@routes.delete("/immutable-data/reader/{handle}")
+async def drop_reader(call: Call) -> None:
+    call.drop(Kind.READER)
+
+
+@routes.delete("/immutable-data/writer/{handle}", access=Access.LLA)
+async def drop_writer(call: Call) -> None:
+    call.drop(Kind.WRITER)
+
+
+@routes.delete("/immutable-data/writer/{handle}/{cipher}", access=Access.LLA)
+async def close_writer_alias(call: Call) -> dict:
+    """The seed's spelling of close (RFC 42 draft)."""
+    return await close_writer(call)
+
+
+@routes.get("/immutable-data/{handle}")
+async def read(call: Call) -> StreamingResponse:
+    blob: blobs.Blob = call.get(Kind.READER)
+    header = call.request.headers.get("range")
+    start, end = parse_range(header, blob.size)
+    run_sync = call.gateway.run_sync
+    # Read the first piece before answering, so that a missing chunk is a proper error.
+    first = await run_sync(blob.read, start, min(end, start + READ_PIECE))
+
+    async def body() -> AsyncIterator[bytes]:
+        position = start + len(first)
+        yield first
+        while position < end:
+            piece = await run_sync(blob.read, position, min(end, position + READ_PIECE))
+            position += len(piece)
+            yield piece
+
+    headers = {"Content-Range": f"bytes {start}-{end}/{blob.size}", "Accept-Ranges": "bytes",
+               "Content-Length": str(end - start)}
+    return StreamingResponse(body(), status_code=206 if header is not None else 200,
+                             headers=headers, media_type="application/octet-stream")
+
+
+def parse_range(header: str | None, total: int) -> tuple[int, int]:
+    """``(start, end)`` to send for a ``Range`` header, by the launcher's rules.
+
+    ``bytes=s-e`` reads ``[s, e)``: the end is exclusive. A missing end, or one at or past the
+    size, means the size (so ``bytes=0-`` and over-long ranges read to the end). Anything but
+    ``bytes=`` is a 400; non-numbers, a missing start, or start > end are 416.
+    """
+    if header is None:
+        return 0, total
+    text = header.strip().lower()
+    if not text.startswith("bytes="):
+        raise ApiError(400, "invalid range specified")
+    positions = [p.strip() for p in text[len("bytes="):].split("-")]
+    if not positions[0] or not all(p.isdigit() or not p for p in positions):
+        raise ApiError(416, "Invalid range specified")
+    start = int(positions[0])
+    end = total
+    if len(positions) > 1 and positions[1] and int(positions[1]) < total:
+        end = int(positions[1])
+    if end < start:
+        raise ApiError(416, "Invalid range specified")
+    return start, end
+
+
+@routes.post("/immutable-data/{handle}", access=Access.LLA)
+async def append(call: Call) -> None:
+    writer: SpoolWriter = call.get(Kind.WRITER)
+    length = _content_length(call)
+    offset_text = call.request.headers.get(OFFSET_HEADER)
+    if length == 0:
+        return
+    async with writer.lock:
+        if offset_text is not None:
+            if not offset_text.strip().isdigit():
+                raise ApiError(400, f"{OFFSET_HEADER} must be a byte count")
+            offset = int(offset_text)
+            if offset + length == writer.size:
+                return  # a retry of an append that already arrived
+            if offset != writer.size:
+                raise ApiError(409, f"the writer holds {writer.size} bytes, not {offset_text}",
+                               error_code=409)
+        try:
+            await writer.append(call.request.stream(), length)
+        except ClientDisconnect:
+            raise ApiError(400, "Request aborted by client") from None
+
+
+@routes.put("/immutable-data/{handle}/{cipher}", access=Access.LLA)
+async def close_writer(call: Call) -> dict:
+    """Self-encrypt what the writer holds into the store; a data-id handle of the result."""
+    writer: SpoolWriter = call.get(Kind.WRITER)
+    opts = cipher_opts_of(call, call.param("cipher"))
+    gateway = call.gateway
+    async with writer.lock:
+        name = await gateway.run_sync(blobs.store_file, gateway.store, writer.path, opts,
+                                      gateway.settings.selfenc, gateway.settings.threads)
+    log.debug("stored %d bytes as ImmutableData %s", writer.size, name.hex())
+    data_id = DataIdentifier.immutable(name)
+    return {"handleId": gateway.handles.add(Kind.DATA_ID, call.owner, data_id)}
