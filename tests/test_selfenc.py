@@ -212,7 +212,7 @@ def test_round_trip_at_real_size_boundaries(delta):
     data=st.one_of(
         st.binary(min_size=3, max_size=200),
         st.builds(random_bytes, st.integers(3, 12 * M), st.integers(0, 2**32)),
-        st.builds(periodic, st.integers(3, 12 * M), st.integers(1, 300)),
+        st.builds(periodic, st.integers(3, 12 * M), st.integers(1, 256)),
     ),
     quality=st.integers(0, 11),
     max_size=st.sampled_from([1024, 1500, 4096]),
