@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default=defaults.handle_capacity,
                         help="handles kept per kind before the least recently used is evicted "
                         "(default %(default)s)")
+    parser.add_argument("--shared-handles", action="store_true",
+                        help="let every caller use every handle, as the launcher did (to run "
+                        "its test suite); by default a handle belongs to the app that made it")
     parser.add_argument("--threads", type=int, metavar="N", default=defaults.threads,
                         help="worker threads for encryption and store calls "
                         "(default %(default)s)")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
         raise QuietError("--handle-capacity, --threads and --auth-timeout must be positive")
     settings = GatewaySettings(handle_capacity=args.handle_capacity,
                                auth_timeout=args.auth_timeout, auto_approve=args.auto_approve,
-                               threads=args.threads)
+                               shared_handles=args.shared_handles, threads=args.threads)
     from safefs.keys import AccountError
 
     if args.verbose == 0:

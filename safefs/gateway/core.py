@@ -42,6 +42,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class GatewaySettings:
     handle_capacity: int = DEFAULT_CAPACITY
+    # Let every caller use every handle, as the launcher did (for its test suite).
+    shared_handles: bool = False
     # How long POST /auth waits for a person to approve or reject the app.
     auth_timeout: float = 300.0
     # Approve every app at once (tests only).
@@ -102,7 +104,7 @@ class Gateway:
         self._admin_secret = admin_secret
         self.sessions = SessionStore(state_db)
         self.auth_requests = AuthRequests()
-        self.handles = Handles(settings.handle_capacity)
+        self.handles = Handles(settings.handle_capacity, settings.shared_handles)
         self.chunk_cache = ChunkCache(settings.chunk_cache_bytes)
         self.limiter = trio.CapacityLimiter(settings.threads)
 

@@ -5,9 +5,11 @@ reused while the gateway runs) and each kind is an LRU with its own capacity: ad
 capacity silently evicts the least recently used object of that kind, and using an evicted,
 dropped, unknown or malformed handle is the kind's "invalid handle" error.
 
-Unlike the launcher, a handle belongs to the session that made it: another token gets the
-invalid-handle error. Handles made without a token carry nothing private (the caller had no
-keys), so any caller may use them.
+Unlike the launcher, a handle belongs to the session that made it: another token, or a request
+without one, gets the invalid-handle error (a reader of SYMMETRIC data must not open to whoever
+guesses its number). Handles made without a token carry nothing private (the caller had no
+keys), so any caller may use them. ``shared=True`` restores the launcher's behaviour, where
+every caller may use every handle; its own test suite relies on it.
 
 Objects kept per kind (other modules rely on these types):
 
@@ -74,7 +76,9 @@ class _Entry:
 class Handles:
     """Every handle table of one gateway. Used from the trio thread only."""
 
-    def __init__(self, capacity: int | dict[Kind, int] = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int | dict[Kind, int] = DEFAULT_CAPACITY,
+                 shared: bool = False) -> None:
+        self._shared = shared
         if isinstance(capacity, int):
             capacity = {kind: capacity for kind in Kind}
         self._capacity = {kind: capacity.get(kind, DEFAULT_CAPACITY) for kind in Kind}
@@ -96,7 +100,7 @@ class Handles:
 
     def _entry(self, kind: Kind, owner: str | None, handle: int) -> _Entry:
         entry = self._tables[kind].get(handle)
-        if entry is None or (entry.owner is not None and entry.owner != owner):
+        if entry is None or (entry.owner not in (None, owner) and not self._shared):
             raise kind.invalid()
         self._tables[kind].move_to_end(handle)
         return entry
