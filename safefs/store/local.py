@@ -16,6 +16,7 @@ processes that use it, which network filesystems do not provide.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -119,27 +120,36 @@ class LocalStore(Store):
     # Layout
 
     def _open_layout(self) -> None:
-        """Check or create the directory layout; the format file is written last, once complete.
+        """Check the directory layout, or create it; the format file is written last.
 
-        Idempotent, so processes opening a new store at the same moment all succeed.
+        Opening holds an exclusive ``flock`` on the directory, so processes opening a new store
+        at the same moment create it once (SQLite's switch to WAL mode does not wait for a busy
+        database, it fails). A store with a format file is complete: opening it writes nothing.
         """
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        version = self._read_format()
-        if version is None:
-            foreign = sorted(set(os.listdir(self.root)) - LAYOUT_NAMES)
-            if foreign:
-                raise StoreError(f"{self.root} is not a safefs store and not empty "
-                                 f"(it holds {', '.join(foreign[:3])}...)")
-        elif version != FORMAT_VERSION:
-            raise StoreError(f"{self.root} has store format {version}; this safefs reads "
-                             f"format {FORMAT_VERSION}")
+        with _directory_lock(self.root):
+            version = self._read_format()
+            if version is None:
+                foreign = sorted(set(os.listdir(self.root)) - LAYOUT_NAMES)
+                if foreign:
+                    raise StoreError(f"{self.root} is not a safefs store and not empty "
+                                     f"(it holds {', '.join(foreign[:3])}...)")
+                self._create_layout()
+            elif version != FORMAT_VERSION:
+                raise StoreError(f"{self.root} has store format {version}; this safefs reads "
+                                 f"format {FORMAT_VERSION}")
+            self._remove_stale_temp_files()
+
+    def _create_layout(self) -> None:
+        """Create whatever is missing of a new store (a crash may have left part of it)."""
         for directory in (self._chunks_dir, self._temp_dir):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._remove_stale_temp_files()
         with self._db() as db:
+            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()  # persistent
+            if mode != "wal":
+                raise StoreError(f"{self._db_path}: SQLite refused WAL mode ({mode})")
             create_schema(db)
-        if version is None:
-            self._write_format()
+        self._write_format()
 
     def _read_format(self) -> int | None:
         try:
@@ -308,9 +318,6 @@ class LocalStore(Store):
         db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT, isolation_level=None,
                              check_same_thread=False)
         try:
-            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode != "wal":
-                raise StoreError(f"{self._db_path}: SQLite refused WAL mode ({mode})")
             # FULL: a commit is on disk before cas_record returns, so a version the gateway has
             # acknowledged survives a power cut (NORMAL in WAL mode may lose the last commits).
             db.execute("PRAGMA synchronous = FULL")
@@ -368,6 +375,17 @@ class LocalStore(Store):
             idle, self._idle = self._idle, []
         for db in idle:
             db.close()
+
+
+@contextmanager
+def _directory_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on a directory (released when the descriptor closes)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _latest_version(db: sqlite3.Connection, key: bytes) -> int | None:
