@@ -11,12 +11,14 @@ InvalidSuccessor).
 Records are verified when they are read: a record that does not decode, names another
 identifier or is not signed by its owner is reported as malformed, never handed on.
 
-Everything here is synchronous and blocking; route handlers call it through
-``Gateway.run_sync``.
+The store functions are synchronous and blocking; route handlers call them through
+``Gateway.run_sync``. The request helpers at the end are shared by the two route modules.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from safefs import model
 from safefs.errors import ENCODE_DECODE, MUTATION_NO_SUCH_DATA, NO_SUCH_DATA, SafeError
 from safefs.model import AppendableData, DataIdentifier, StructuredData
 from safefs.store import RecordExists, RecordNotFound, VersionConflict
+
+from .routing import ApiError
 
 if TYPE_CHECKING:
     from safefs.store import Store
@@ -142,3 +146,30 @@ def update(store: Store, data_id: DataIdentifier, change: Callable[[bytes], R]) 
             return record
         except VersionConflict:
             log.debug("record %s changed during an update; applying it again", key.hex())
+
+
+# -- request helpers -------------------------------------------------------------------------
+
+INDEX_NOT_A_NUMBER = "index must be a valid number"
+
+
+def name_field(body: dict, missing: str, invalid: str) -> bytes:
+    """The 32-byte ``name`` of a create request, with the route's launcher messages."""
+    value = body.get("name")
+    if not value:
+        raise ApiError(400, missing)
+    try:
+        name = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except binascii.Error:
+        name = b""
+    if len(name) != model.XOR_NAME_SIZE:
+        raise ApiError(400, invalid)
+    return name
+
+
+def path_index(call: Call, name: str = "index") -> int:
+    """A 0-based index from the path (the launcher's 400 when it is not a number)."""
+    text = call.param(name)
+    if not text.isascii() or not text.isdigit():
+        raise ApiError(400, INDEX_NOT_A_NUMBER)
+    return int(text)
