@@ -1,0 +1,335 @@
+"""The write-back cache: the plaintext content of files, one sparse cache file per inode.
+
+A cache file always has the file's current size. Its bytes are valid except in blocks below the
+inode's ``fetch_limit`` that ``cache_blocks`` does not list: those are fetched from the last
+uploaded content (``data``) on first use, one ``BLOCK_SIZE`` block at a time. Writes land in the
+cache file and bump the inode's generation; no write ever goes to the network (a write into a
+block that is not there yet fetches that block first, like a read).
+
+Eviction drops whole blocks of *clean* files only (they can be fetched again), least recently
+used first, by punching holes; dirty data is never evicted. Durability: a write is in the page
+cache and its metadata committed when the call returns (survives ``kill -9``); :meth:`fsync`
+makes both survive a power loss.
+
+Every method runs on the trio thread; the synchronous parts between two ``await`` are critical
+sections, so after every ``await`` the state is read again before it is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from safefs.fs.meta import BLOCK_SIZE, Metadata, NoSuchEntry, blocks_in
+
+log = logging.getLogger(__name__)
+
+#: Fetches ``[start, end)`` of uploaded content given (data_ref, data).
+Fetch = Callable[[int, bytes, int, int], Awaitable[bytes]]
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+#: Open cache-file descriptors kept for reuse.
+MAX_OPEN_FILES = 128
+#: Blocks fetched ahead of a sequential reader.
+READ_AHEAD_BLOCKS = 8
+#: Concurrent block fetches.
+FETCH_CONNECTIONS = 4
+#: The smallest cache that still holds a few blocks per concurrent reader.
+MIN_CACHE_SIZE = 64 * BLOCK_SIZE
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class FileCache:
+    """Cache files of one mount.
+
+    :limit: bytes of cache the eviction aims to stay under.
+    :usage: bytes allocated by all cache files now.
+    :lru: cached blocks of clean files, least recently used first: what eviction may drop.
+    """
+
+    def __init__(self, meta: Metadata, directory: Path, limit: int, fetch: Fetch,
+                 nursery: trio.Nursery) -> None:
+        self.meta = meta
+        self.directory = directory
+        self.limit = max(limit, MIN_CACHE_SIZE)
+        self._fetch = fetch
+        self._nursery = nursery
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._in_flight: dict[tuple[int, int], trio.Event] = {}
+        self._fetch_limiter = trio.CapacityLimiter(FETCH_CONNECTIONS)
+        self._allocated: dict[int, int] = {}
+        self.usage = 0
+        self.lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._lru_by_inode: dict[int, set[int]] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(directory):
+            if entry.name.isdigit():
+                self._allocated[int(entry.name)] = entry.stat().st_blocks * 512
+        self.usage = sum(self._allocated.values())
+        for inode, block in meta.clean_cached_blocks():
+            self._lru_add(inode, block)
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def path(self, inode: int) -> Path:
+        return self.directory / str(inode)
+
+    # -- file descriptors ---------------------------------------------------------------------
+
+    def _fd(self, inode: int) -> int:
+        """The open cache file of ``inode``, created with the file's size when missing."""
+        fd = self._fds.get(inode)
+        if fd is not None:
+            self._fds.move_to_end(inode)
+            return fd
+        size = self.meta.get(inode).size
+        fd = os.open(self.path(inode), os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        self._fds[inode] = fd
+        if len(self._fds) > MAX_OPEN_FILES:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _account(self, inode: int, fd: int) -> None:
+        allocated = os.fstat(fd).st_blocks * 512
+        self.usage += allocated - self._allocated.get(inode, 0)
+        self._allocated[inode] = allocated
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, inode: int, offset: int, length: int, read_ahead: bool = False) -> bytes:
+        size = self.meta.get(inode).size
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        await self.ensure_present(inode, offset, end)
+        if read_ahead:
+            self._read_ahead(inode, end)
+        # No await since ensure_present returned: the blocks are still there.
+        ino = self.meta.get(inode)
+        end = min(end, ino.size)
+        data = os.pread(self._fd(inode), max(end - offset, 0), offset)
+        for block in range(offset // BLOCK_SIZE, blocks_in(end)):
+            if (inode, block) in self.lru:
+                self.lru.move_to_end((inode, block))
+        return data
+
+    async def ensure_present(self, inode: int, start: int, end: int) -> None:
+        """Fetch the missing blocks that hold ``[start, end)``."""
+        while missing := self._missing(inode, start, end):
+            await self._fetch_blocks(inode, missing)
+
+    async def _fetch_blocks(self, inode: int, blocks: list[int]) -> None:
+        """Fetch blocks concurrently; the first failure is raised as itself (no group)."""
+        failures: list[Exception] = []
+
+        async def one(block: int) -> None:
+            try:
+                await self._fetch_block(inode, block)
+            except Exception as exc:  # re-raised below, as itself
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for block in blocks:
+                nursery.start_soon(one, block)
+        if failures:
+            raise failures[0]
+
+    def _missing(self, inode: int, start: int, end: int) -> list[int]:
+        try:
+            ino = self.meta.get(inode)
+        except NoSuchEntry:
+            return []
+        end = min(end, ino.fetch_limit)
+        if start >= end:
+            return []
+        present = self.meta.cached_blocks(inode)
+        return [block for block in range(start // BLOCK_SIZE, blocks_in(end))
+                if block not in present]
+
+    def _read_ahead(self, inode: int, offset: int) -> None:
+        first = blocks_in(offset)
+        for block in self._missing(inode, first * BLOCK_SIZE,
+                                   (first + READ_AHEAD_BLOCKS) * BLOCK_SIZE):
+            if (inode, block) not in self._in_flight:
+                self._nursery.start_soon(self._fetch_block_quietly, inode, block)
+
+    async def _fetch_block_quietly(self, inode: int, block: int) -> None:
+        """Read-ahead: a failure only means the reader fetches the block itself later."""
+        try:
+            await self._fetch_block(inode, block)
+        except Exception as exc:  # read-ahead is a hint, never an error
+            log.debug("read-ahead of inode %d block %d failed: %s", inode, block, exc)
+
+    async def _fetch_block(self, inode: int, block: int) -> None:
+        key = (inode, block)
+        if (event := self._in_flight.get(key)) is not None:
+            await event.wait()
+            return
+        self._in_flight[key] = event = trio.Event()
+        try:
+            ino = self.meta.get(inode)
+            start = block * BLOCK_SIZE
+            end = min(start + BLOCK_SIZE, ino.fetch_limit)
+            if start >= end or ino.data_ref is None:
+                return
+            source = (ino.data_ref, ino.data)
+            async with self._fetch_limiter:
+                payload = await self._fetch(ino.data_ref, ino.data or b"", start, end)
+            # Check again: the file may be gone, replaced, truncated or written meanwhile.
+            try:
+                ino = self.meta.get(inode)
+            except NoSuchEntry:
+                return
+            if (ino.data_ref, ino.data) != source or block in self.meta.cached_blocks(inode):
+                return
+            fd = self._fd(inode)
+            os.pwrite(fd, payload[:max(min(end, ino.fetch_limit) - start, 0)], start)
+            self.meta.add_cached_block(inode, block)
+            if not ino.dirty:
+                self._lru_add(inode, block)
+            self._account(inode, fd)
+            self._evict()
+        finally:
+            del self._in_flight[key]
+            event.set()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def write(self, inode: int, offset: int, data: bytes) -> int:
+        if not data:
+            return 0
+        end = offset + len(data)
+        while True:
+            ino = self.meta.get(inode)
+            # Blocks of uploaded content that this write covers only in part: fetch them first.
+            edges = {offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE}
+            partial = [block for block in edges
+                       if block * BLOCK_SIZE < ino.fetch_limit
+                       and not (offset <= block * BLOCK_SIZE
+                                and end >= min((block + 1) * BLOCK_SIZE, ino.fetch_limit))]
+            missing = [block for block in partial if block not in self.meta.cached_blocks(inode)]
+            if not missing:
+                break
+            await self._fetch_blocks(inode, missing)
+        fd = self._fd(inode)
+        os.pwrite(fd, data, offset)
+        # Every touched block below fetch_limit is whole now: fetched above, or overwritten.
+        for block in range(offset // BLOCK_SIZE,
+                           min(blocks_in(end), blocks_in(ino.fetch_limit))):
+            self.meta.add_cached_block(inode, block)
+        if self.meta.content_changed(inode, max(ino.size, end)):
+            self._lru_discard_inode(inode)
+        self._account(inode, fd)
+        return len(data)
+
+    def truncate(self, inode: int, size: int) -> None:
+        """Set the size; bytes beyond a shrink become local zeros if the file grows again."""
+        fd = self._fd(inode)
+        os.ftruncate(fd, size)
+        ino = self.meta.get(inode)
+        if size < ino.fetch_limit:
+            self.meta.drop_cached_blocks(inode, list(range(blocks_in(size),
+                                                           blocks_in(ino.fetch_limit))))
+        if self.meta.content_changed(inode, size):
+            self._lru_discard_inode(inode)
+        self._account(inode, fd)
+
+    async def fsync(self, inode: int) -> None:
+        """Make the file's content and metadata survive a power loss."""
+        fd = os.dup(self._fd(inode))  # the shared descriptor may be closed meanwhile
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+        await trio.to_thread.run_sync(_fsync_dir, self.directory)
+        await trio.to_thread.run_sync(self.meta.make_durable)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def drop(self, inode: int) -> None:
+        """Forget an inode's cache file (the inode is gone)."""
+        fd = self._fds.pop(inode, None)
+        if fd is not None:
+            os.close(fd)
+        self.path(inode).unlink(missing_ok=True)
+        self.usage -= self._allocated.pop(inode, 0)
+        self._lru_discard_inode(inode)
+
+    def replaced(self, inode: int) -> None:
+        """The file's content was replaced remotely: nothing cached is valid any more."""
+        self.drop(inode)
+
+    def uploaded(self, inode: int) -> None:
+        """The file is clean now: its blocks may be evicted from here on."""
+        for block in self.meta.cached_blocks(inode):
+            self._lru_add(inode, block)
+        self._evict()
+
+    def open_for_upload(self, inode: int) -> int:
+        """A new descriptor on the cache file (the caller closes it)."""
+        self._fd(inode)  # creates the file if it is missing
+        return os.open(self.path(inode), os.O_RDONLY)
+
+    # -- eviction -----------------------------------------------------------------------------
+
+    def _lru_add(self, inode: int, block: int) -> None:
+        self.lru[(inode, block)] = None
+        self.lru.move_to_end((inode, block))
+        self._lru_by_inode.setdefault(inode, set()).add(block)
+
+    def _lru_discard_inode(self, inode: int) -> None:
+        for block in self._lru_by_inode.pop(inode, ()):
+            self.lru.pop((inode, block), None)
+
+    def _evict(self) -> None:
+        """Drop least recently used clean blocks until the cache fits its limit again."""
+        target = self.limit * 9 // 10
+        if self.usage <= self.limit:
+            return
+        while self.usage > target and self.lru:
+            (inode, block), _ = self.lru.popitem(last=False)
+            self._lru_by_inode.get(inode, set()).discard(block)
+            fd = self._fd(inode)
+            try:
+                punch_hole(fd, block * BLOCK_SIZE, BLOCK_SIZE)
+            except OSError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+                log.warning("cache directory %s cannot punch holes: nothing is evicted",
+                            self.directory)
+                self.lru.clear()
+                self._lru_by_inode.clear()
+                return
+            self.meta.drop_cached_blocks(inode, [block])
+            self._account(inode, fd)
+        if self.usage > self.limit:
+            log.info("cache holds %d MiB, over its %d MiB limit, in changes not uploaded yet",
+                     self.usage >> 20, self.limit >> 20)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""The control file: how ``safefs umount``, ``sync`` and ``status`` talk to a mount's daemon.
+
+The root of every mount has a hidden file ``CTRL_NAME`` (not listed by readdir). Reading its
+``STATUS_XATTR`` attribute returns the daemon's status as JSON; writing its ``FLUSH_XATTR``
+attribute asks for a flush (upload and publish everything, pull remote changes). Going through
+the mount itself needs no socket and no discovery: a path inside the mount is enough.
+
+Flushes are numbered: ``flush_requested`` counts requests, ``flush_done`` is the latest request
+a completed flush covered and ``flush_failed`` the latest one a failed flush covered. A client
+that asked for a flush waits until either reaches the ``flush_requested`` it saw afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from safefs.client import GatewayError
+
+log = logging.getLogger(__name__)
+
+CTRL_NAME = b".__safefs_ctrl__"
+STATUS_XATTR = b"user.safefs.status"
+FLUSH_XATTR = b"user.safefs.flush"
+
+
+class Control:
+    """Daemon side: serves status and runs requested flushes one after the other."""
+
+    def __init__(self, flush: Callable[[], object], status: Callable[[], dict]) -> None:
+        self._flush = flush
+        self._status = status
+        self.flush_requested = 0
+        self.flush_done = 0
+        self.flush_failed = 0
+        self.flush_error = ""
+        self._wake = trio.Event()
+
+    def request_flush(self) -> None:
+        self.flush_requested += 1
+        self._wake.set()
+
+    def status(self) -> bytes:
+        status = self._status()
+        status.update(flush_requested=self.flush_requested, flush_done=self.flush_done,
+                      flush_failed=self.flush_failed, flush_error=self.flush_error)
+        return json.dumps(status, sort_keys=True).encode()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while max(self.flush_done, self.flush_failed) < self.flush_requested:
+                covered = self.flush_requested
+                try:
+                    await self._flush()
+                except GatewayError as exc:
+                    log.warning("flush failed: %s", exc)
+                    self.flush_error = str(exc)
+                    self.flush_failed = covered
+                else:
+                    self.flush_error = ""
+                    self.flush_done = covered
+
+
+# -- client side -----------------------------------------------------------------------------
+
+def ctrl_path(mountpoint: str | os.PathLike) -> Path:
+    return Path(mountpoint) / CTRL_NAME.decode()
+
+
+def read_status(mountpoint: str | os.PathLike) -> dict:
+    """The daemon's status (OSError if the mount does not answer)."""
+    return json.loads(os.getxattr(ctrl_path(mountpoint), STATUS_XATTR.decode()))
+
+
+def request_flush(mountpoint: str | os.PathLike) -> int:
+    """Ask for a flush; returns the request number to wait for."""
+    os.setxattr(ctrl_path(mountpoint), FLUSH_XATTR.decode(), b"1")
+    return int(read_status(mountpoint)["flush_requested"])

@@ -1,0 +1,372 @@
+"""SyncTask: carries local changes to the gateway and remote changes into the mount.
+
+One task runs *cycles*, and only one cycle runs at a time:
+
+1. upload every dirty file that is idle (no write for ``upload_delay``, and closed or fsynced
+   since its last write), several at once, through writer handles; tiny files become inline
+   content of their directory record instead;
+2. publish every pending directory record that is idle (``dir_delay``: a burst of changes in one
+   directory becomes one version), deepest first, with compare-and-swap on the version; when
+   the record moved on remotely, fetch it, merge three-way, apply the result locally and retry;
+3. every ``poll_interval``, ask for the current version of a batch of directories and merge
+   those that moved (changes made by other mounts of the account).
+
+Order invariants: a record only names uploaded content and existing child records (what is not
+there yet keeps its previous entry, see ``Metadata.build_record``); an upload or a publish is
+committed locally only if the file or directory did not change while it was on the way.
+
+While the gateway is unreachable the cycles back off (up to ``MAX_BACKOFF``); the mount keeps
+working from the cache and everything catches up when the gateway answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
+from safefs.fs import INLINE_MAX
+from safefs.fs.dirrecord import Ref
+from safefs.fs.merge import Copy, Take, conflict_name, merge
+from safefs.fs.meta import ROOT_INODE, DirState, Inode, Metadata
+
+if TYPE_CHECKING:
+    from safefs.fs.cache import FileCache
+    from safefs.fs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CONNECTIONS = 4
+UPLOAD_PIECE = 4 * 1024 * 1024
+MAX_BACKOFF = 30.0
+#: Directories whose version is checked per poll.
+POLL_BATCH = 64
+
+#: Called with (directory, names whose entry changed, inodes whose content or existence
+#: changed) after remote changes were applied locally.
+RemoteChangeHook = Callable[[int, list[bytes], list[int]], None]
+
+
+class FileChanged(Exception):
+    """The file changed while it was being uploaded: upload it again later."""
+
+
+class SyncTask:
+    """:online: whether the gateway answered the latest request.
+    :last_sync: wall-clock time of the latest cycle that left nothing pending (0: none).
+    :uploaded_bytes: bytes sent so far (progress of ``safefs sync``)."""
+
+    def __init__(self, meta: Metadata, cache: FileCache, remote: Remote, *,
+                 upload_delay: float = 2.0, dir_delay: float = 1.0,
+                 poll_interval: float = 15.0) -> None:
+        self.meta = meta
+        self.cache = cache
+        self.remote = remote
+        self.upload_delay = upload_delay
+        self.dir_delay = dir_delay
+        self.poll_interval = poll_interval
+        self.on_remote_change: RemoteChangeHook = lambda directory, names, inodes: None
+        self.last_sync = 0.0
+        self.uploaded_bytes = 0
+        self.last_error = ""
+        self._writers: Counter[int] = Counter()
+        self._fsynced: dict[int, int] = {}
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self._stopping = False
+        self._loading: dict[int, trio.Event] = {}
+        self._poll_cursor = 0
+        self._next_poll = 0.0
+        meta.on_change = self.wake
+
+    # -- what the file system tells us --------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def opened_for_write(self, inode: int) -> None:
+        self._writers[inode] += 1
+
+    def closed_for_write(self, inode: int) -> None:
+        self._writers[inode] -= 1
+        if self._writers[inode] <= 0:
+            del self._writers[inode]
+        self.wake()
+
+    def fsynced(self, inode: int, generation: int) -> None:
+        self._fsynced[inode] = generation
+        self.wake()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run cycles until :meth:`stop`."""
+        backoff = 0.0
+        while not self._stopping:
+            with trio.move_on_after(backoff or self._next_deadline()):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if self._stopping:
+                break
+            try:
+                async with self._lock:
+                    await self._cycle(force=False)
+                backoff = 0.0
+            except GatewayUnavailable as exc:
+                self._note_error(exc)
+                log.info("gateway unreachable; waiting for it to answer again")
+                await self.remote.wait_online()
+                log.info("gateway reachable again; catching up")
+            except GatewayError as exc:
+                backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
+                self._note_error(exc)
+                log.warning("sync failed: %s; retrying in %.0f s", exc, backoff)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    def _note_error(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+
+    def _next_deadline(self) -> float:
+        """Seconds until something becomes due: an idle delay expires, or the next poll.
+
+        Files open for writing (and not fsynced since) are never due: closing or fsyncing
+        them wakes the loop.
+        """
+        due = [self._next_poll]
+        for ino in self.meta.dirty_files():
+            if ino.id not in self._writers or self._fsynced.get(ino.id) == ino.generation:
+                due.append(self.meta.file_changes.get(ino.id, 0) + self.upload_delay)
+        for ino in self.meta.pending_dirs():
+            due.append(self.meta.dir_changes.get(ino.id, 0) + self.dir_delay)
+        return max(min(due) - time.monotonic(), 0)
+
+    async def flush(self) -> None:
+        """Upload and publish everything now, pull remote changes of every directory, and
+        return once nothing is pending; raises GatewayError when the gateway fails."""
+        async with self._lock:
+            await self._cycle(force=True)
+            await self._poll(everything=True)
+            while self.pending_counts()[0] or self.pending_counts()[2]:
+                await self._cycle(force=True)
+
+    async def _cycle(self, force: bool) -> None:
+        now = time.monotonic()
+        files = [ino for ino in self.meta.dirty_files() if force or self._file_due(ino, now)]
+        if files:
+            await self._upload_all(files)
+        # Publishing a child makes its parent pending: repeat until no due directory is left.
+        published: set[int] = set()
+        while True:
+            now = time.monotonic()
+            due = [ino for ino in self.meta.pending_dirs()
+                   if ino.id not in published and ino.dir_state != DirState.UNLOADED
+                   and (force or now - self.meta.dir_changes.get(ino.id, 0) >= self.dir_delay)]
+            if not due:
+                break
+            for ino in due:
+                await self.publish(ino.id)
+                published.add(ino.id)
+        if time.monotonic() >= self._next_poll:
+            await self._poll(everything=False)
+        self.last_error = ""
+        files, _, dirs = self.pending_counts()
+        if not files and not dirs:
+            self.last_sync = time.time()
+
+    def _file_due(self, ino: Inode, now: float) -> bool:
+        if now - self.meta.file_changes.get(ino.id, 0) < self.upload_delay:
+            return False
+        return ino.id not in self._writers or self._fsynced.get(ino.id) == ino.generation
+
+    # -- uploads --------------------------------------------------------------------------------
+
+    async def _upload_all(self, files: list[Inode]) -> None:
+        failures: list[Exception] = []
+        limiter = trio.CapacityLimiter(UPLOAD_CONNECTIONS)
+
+        async def one(ino: Inode) -> None:
+            async with limiter:
+                try:
+                    await self.upload(ino.id)
+                except FileChanged:
+                    log.debug("inode %d changed during its upload; later", ino.id)
+                except Exception as exc:  # re-raised below, as itself
+                    failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for ino in files:
+                nursery.start_soon(one, ino)
+        if failures:
+            raise failures[0]
+
+    async def upload(self, inode: int) -> None:
+        """Upload a file's current content (if it does not change meanwhile)."""
+        ino = self.meta.get(inode)
+        generation = ino.generation
+        await self.cache.ensure_present(inode, 0, ino.size)  # the parts never fetched
+        ino = self.meta.get(inode)
+        if ino.generation != generation:
+            raise FileChanged(inode)
+        size, mtime_ns = ino.size, ino.mtime_ns
+        fd = self.cache.open_for_upload(inode)
+        try:
+            if size <= INLINE_MAX:
+                content = os.pread(fd, size, 0)
+                if len(content) != size:
+                    raise FileChanged(inode)
+                ref, data = Ref.INLINE, content
+            else:
+                ref, data = Ref.DATA_ID, await self.remote.upload(self._pieces(fd, size), size)
+        finally:
+            os.close(fd)
+        if not self.meta.mark_uploaded(inode, generation, ref, data, size, mtime_ns):
+            raise FileChanged(inode)
+        self._fsynced.pop(inode, None)
+        self.cache.uploaded(inode)
+        log.debug("uploaded %r (%d bytes)", self.meta.path_of(inode), size)
+
+    async def _pieces(self, fd: int, size: int) -> AsyncIterator[bytes]:
+        offset = 0
+        while offset < size:
+            piece = await trio.to_thread.run_sync(os.pread, fd, min(UPLOAD_PIECE, size - offset),
+                                                  offset)
+            if not piece:
+                raise FileChanged(fd)  # truncated meanwhile
+            offset += len(piece)
+            self.uploaded_bytes += len(piece)
+            yield piece
+
+    # -- directories ----------------------------------------------------------------------------
+
+    async def publish(self, directory: int) -> None:
+        """Publish a directory's record; on a version conflict merge and try again."""
+        while True:
+            ino = self.meta.get(directory)
+            generation = ino.dir_gen
+            record, moved_upto = self.meta.build_record(directory)
+            encoded = record.encode()
+            if ino.dir_state == DirState.LOADED and encoded == self.meta.base_encoded(directory):
+                assert ino.dir_version is not None
+                self.meta.mark_published(directory, generation, ino.dir_version, encoded,
+                                         moved_upto)
+                return
+            assert ino.dir_name is not None
+            try:
+                if ino.dir_state == DirState.NEW:
+                    version = await self.remote.create_dir(ino.dir_name, encoded)
+                else:
+                    assert ino.dir_version is not None
+                    version = await self.remote.update_dir(ino.dir_name, encoded,
+                                                           ino.dir_version)
+            except Conflict:
+                log.info("%r changed remotely; merging", self.meta.path_of(directory))
+                await self.merge_remote(directory)
+                continue
+            self.meta.mark_published(directory, generation, version, encoded, moved_upto)
+            log.debug("published %r version %d", self.meta.path_of(directory), version)
+            return
+
+    async def merge_remote(self, directory: int) -> None:
+        """Fetch the latest record of a directory and merge it into the local state."""
+        ino = self.meta.get(directory)
+        assert ino.dir_name is not None
+        version, remote, encoded = await self.remote.read_dir(ino.dir_name)
+        # From here on no await: the local state cannot change under the merge.
+        if not self.meta.exists(directory):
+            return
+        base = self.meta.base_record(directory)
+        names = [name for name in set(base.entries) | set(remote.entries)
+                 if base.entries.get(name) != remote.entries.get(name)]
+        local = {name: state for name in names
+                 if (state := self.meta.local_state(directory, name)) is not None}
+        changed_names: list[bytes] = []
+        changed_inodes: list[int] = []
+        for action in merge(base.entries, remote.entries, local):
+            if isinstance(action, Take):
+                changed_inodes += self.meta.apply_entry(directory, action.name, action.entry)
+                changed_names.append(action.name)
+            else:
+                assert isinstance(action, Copy)
+                name = conflict_name(
+                    action.name, lambda n: self.meta.lookup(directory, n) is not None)
+                self.meta.add_entry(directory, name, action.entry, conflict=True)
+                changed_names.append(name)
+                log.warning("%r was changed here and on another device: kept both, the other "
+                            "version as %r", self.meta.path_of(directory) + b"/" + action.name,
+                            name)
+        if directory == ROOT_INODE:
+            self.meta.merge_root_attrs(base.attrs, remote.attrs)
+        self.meta.set_base(directory, version, encoded)
+        self.meta.mark_dir_pending(directory)
+        if changed_names or changed_inodes:
+            self.on_remote_change(directory, changed_names, changed_inodes)
+
+    async def ensure_loaded(self, directory: int) -> None:
+        """Fetch an UNLOADED directory's entries (the first use after it became known)."""
+        while self.meta.get(directory).dir_state == DirState.UNLOADED:
+            if (event := self._loading.get(directory)) is not None:
+                await event.wait()
+                continue
+            self._loading[directory] = event = trio.Event()
+            try:
+                await self._load(directory)
+            finally:
+                del self._loading[directory]
+                event.set()
+
+    async def _load(self, directory: int) -> None:
+        ino = self.meta.get(directory)
+        assert ino.dir_name is not None
+        try:
+            version, record, encoded = await self.remote.read_dir(ino.dir_name)
+        except NotFound:
+            if directory != ROOT_INODE:
+                raise
+            log.info("creating the root directory of this account")
+            self.meta.mark_new(directory)
+            return
+        if self.meta.get(directory).dir_state == DirState.UNLOADED:
+            self.meta.load_dir(directory, version, record, encoded)
+
+    async def _poll(self, everything: bool) -> None:
+        """Merge the directories that moved on remotely (a batch, or all of them)."""
+        self._next_poll = time.monotonic() + self.poll_interval
+        loaded = self.meta.loaded_dirs()
+        if not everything:
+            start = self._poll_cursor % max(len(loaded), 1)
+            loaded = (loaded[start:] + loaded[:start])[:POLL_BATCH]
+            self._poll_cursor = start + len(loaded)
+        for directory, name, version in loaded:
+            if await self.remote.dir_version(name) != version:
+                await self.merge_remote(directory)
+                await self.publish(directory)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def pending_counts(self) -> tuple[int, int, int]:
+        """(dirty files, their bytes, pending directory records)."""
+        files = self.meta.dirty_files()
+        return len(files), sum(ino.size for ino in files), len(self.meta.pending_dirs())
+
+    def status(self) -> dict:
+        files, size, dirs = self.pending_counts()
+        return {
+            "online": self.remote.online,
+            "pending_files": files,
+            "pending_bytes": size,
+            "pending_dirs": dirs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "last_sync": self.last_sync,
+            "conflicts": self.meta.count_conflicts(),
+            "error": self.last_error,
+        }
+
