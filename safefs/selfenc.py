@@ -129,8 +129,8 @@ class Settings:
 
 # Chunk names equal the reference implementation's for data where C and Rust brotli agree.
 REFERENCE_SETTINGS = Settings(REFERENCE_COMPRESSION_QUALITY, REFERENCE_MAX_CHUNK_SIZE)
-# Quality 3: on this project's 2-core target, quality 6 encrypts text at ~70 MiB/s, quality 3 at
-# ~2.5x that for a 3-12% larger output (docs/FORMAT.md section 2, "Settings").
+# Quality 3: on the 2-core target, quality 6 encrypts text at ~100 MiB/s, quality 3 at ~2.5x that
+# for ~14% more stored bytes (measurements in docs/FORMAT.md section 2.8).
 DEFAULT_SETTINGS = Settings(compression_quality=3, max_chunk_size=REFERENCE_MAX_CHUNK_SIZE)
 
 
