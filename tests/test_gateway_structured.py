@@ -9,7 +9,11 @@ import httpx
 import pytest
 import trio
 
-from safefs.model import MAX_STRUCTURED_DATA_SIZE
+from safefs.gateway import structured
+from safefs.gateway.core import ChunkCache
+from safefs.gateway.records import AppKeys
+from safefs.model import MAX_STRUCTURED_DATA_SIZE, VERSIONS_PER_PAGE, CipherOpts, StructuredData
+from safefs.store import open_store
 
 OTHER_APP = {"name": "other app", "id": "other.app", "vendor": "safefs", "version": "1.0"}
 
@@ -351,3 +355,22 @@ async def test_racing_posts_one_wins(gateway_factory):
         winner = await apis[1].sd_read(info["handleId"])
         assert winner in (b"one", b"two")
         assert await apis[1].sd_read(info["handleId"], 0) == b"base"
+
+
+def test_history_spans_versions_info_pages():
+    """Past 1024 versions the oldest page moves to ImmutableData; every version stays readable."""
+    store = open_store("memory://")
+    cache = ChunkCache(1 << 20)
+    record = StructuredData(501, bytes(32), structured.empty_data(501), 0, b"\x01" * 32)
+    total = VERSIONS_PER_PAGE * 2 + 3
+
+    def content(n: int) -> bytes:
+        return n.to_bytes(2, "little")  # under 3 bytes: stored inline, no self-encryption
+
+    for n in range(total):
+        record = structured.with_content(store, record, content(n), CipherOpts.plain())
+    assert structured.version_count(record) == total
+    assert record.signed_size() < MAX_STRUCTURED_DATA_SIZE // 2
+    for n in (0, 1, VERSIONS_PER_PAGE - 1, VERSIONS_PER_PAGE, 2 * VERSIONS_PER_PAGE, total - 1):
+        assert structured.read_content(store, cache, record, AppKeys(), n) == content(n)
+    assert structured.read_content(store, cache, record, AppKeys()) == content(total - 1)
