@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import json
 import random
@@ -443,7 +444,7 @@ def test_encrypt_file_matches_encrypt_bytes(tmp_path):
 def test_input_ending_early_is_refused():
     data = random_bytes(6 * M)
     with pytest.raises(InputChanged, match="gave"):
-        selfenc.encrypt_stream(len(data) + 1, selfenc._reader(data), lambda n, c: None, SMALL)
+        selfenc.encrypt_stream(len(data) + 1, io.BytesIO(data).read, lambda n, c: None, SMALL)
 
 
 def test_short_reads_are_completed():
@@ -467,7 +468,7 @@ def test_input_changed_before_reread_is_refused():
     with pytest.raises(InputChanged, match="changed"):
         selfenc.encrypt_stream(
             len(data),
-            selfenc._reader(data),
+            io.BytesIO(data).read,
             lambda name, chunk: None,
             SMALL,
             reread=lambda offset, n: changed[offset : offset + n],
@@ -485,7 +486,7 @@ def test_failing_put_stops_encryption():
 
     data = random_bytes(40 * M)
     with pytest.raises(OSError, match="store is full"):
-        selfenc.encrypt_stream(len(data), selfenc._reader(data), put, SMALL)
+        selfenc.encrypt_stream(len(data), io.BytesIO(data).read, put, SMALL)
     assert calls < 10
 
 
@@ -575,7 +576,7 @@ def test_child_level_must_decrease_when_resolving():
     serialized = looping.to_bytes()
     chunks: dict[bytes, bytes] = {}
     inner = selfenc._encrypt_level(
-        len(serialized), selfenc._reader(serialized), chunks.__setitem__, SMALL, 1, 1, None
+        len(serialized), io.BytesIO(serialized).read, chunks.__setitem__, SMALL, 1, 1, None
     )
     with pytest.raises(InvalidDataMap, match="level-1 DataMap holds a level-1 map"):
         Decryptor(inner, chunks.__getitem__)
