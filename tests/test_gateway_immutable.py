@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import httpx
 import pytest
+import trio
 
 from safefs.model import DataIdentifier
 
@@ -270,3 +272,12 @@ async def test_shared_handles_mode(api, http):
     """The launcher's behaviour, for its test suite: any caller may use any handle."""
     reader, _ = await api.reader(await api.store(CONTENT))
     assert (await Api(http, None).call("GET", f"/immutable-data/{reader}")).content == CONTENT
+
+
+async def test_streamed_reads_do_not_hold_up_shutdown(gateway, api):
+    """A keep-alive connection that served a stream closes as soon as the gateway stops."""
+    reader, _ = await api.reader(await api.store(CONTENT))
+    assert (await api.call("GET", f"/immutable-data/{reader}")).content == CONTENT
+    gateway.proc.send_signal(signal.SIGTERM)
+    # The graceful timeout is 30 s; an idle connection must not make the gateway wait for it.
+    assert await trio.to_thread.run_sync(gateway.proc.wait, 15) == 0

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import trio
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
 
 from safefs import errors
 from safefs.errors import SafeError
@@ -37,7 +36,7 @@ from safefs.model import DataIdentifier, DataKind
 from . import blobs
 from .handles import Kind
 from .misc import cipher_opts_of
-from .routing import Access, ApiError, Call, Routes
+from .routing import Access, ApiError, Call, Routes, StreamedResponse
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ async def close_writer_alias(call: Call) -> dict:
 
 
 @routes.get("/immutable-data/{handle}")
-async def read(call: Call) -> StreamingResponse:
+async def read(call: Call) -> StreamedResponse:
     blob: blobs.Blob = call.get(Kind.READER)
     header = call.request.headers.get("range")
     start, end = parse_range(header, blob.size)
@@ -142,8 +141,7 @@ async def read(call: Call) -> StreamingResponse:
 
     headers = {"Content-Range": f"bytes {start}-{end}/{blob.size}", "Accept-Ranges": "bytes",
                "Content-Length": str(end - start)}
-    return StreamingResponse(body(), status_code=206 if header is not None else 200,
-                             headers=headers, media_type="application/octet-stream")
+    return StreamedResponse(body(), 206 if header is not None else 200, headers)
 
 
 def parse_range(header: str | None, total: int) -> tuple[int, int]:

@@ -27,13 +27,16 @@ import binascii
 import enum
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from safefs import errors
 from safefs.errors import SafeError
@@ -182,6 +185,49 @@ class Call:
 
     async def body(self) -> bytes:
         return await self.request.body()
+
+
+class StreamedResponse(Response):
+    """A response whose body comes from an async iterator, in bounded memory.
+
+    Use it instead of Starlette's ``StreamingResponse``: that one cancels its disconnect
+    listener from inside the server's own send path, and under Hypercorn's HTTP/1.1 protocol
+    the cancellation lands before the connection is marked idle, so a keep-alive connection
+    that served a stream is never closed (and graceful shutdown waits its full timeout). Here
+    the listener only raises a flag, and ends by itself when the server reports the stream
+    closed. A client that goes away stops the iteration at the next piece.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], status_code: int = 200,
+                 headers: dict[str, str] | None = None,
+                 media_type: str = "application/octet-stream") -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.body = b""
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in {**(headers or {}), "content-type": media_type}.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = False
+
+        async def watch_disconnect() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+
+        async with trio.open_nursery() as nursery, aclosing(self.chunks) as chunks:
+            nursery.start_soon(watch_disconnect)
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async for chunk in chunks:
+                if disconnected:
+                    log.debug("client went away during a streamed response")
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 Result = Response | dict | list | bytes | None

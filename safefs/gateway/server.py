@@ -66,13 +66,17 @@ async def serve(store_url: str, listen: str, settings: GatewaySettings, *,
     config.keyfile = keyfile
     config.graceful_timeout = GRACEFUL_TIMEOUT
     gateway = Gateway.open(store_url, settings)
+    app = create_app(gateway)
+    # chainAPI signatures do not cover request bodies, so safefs.gateway.chain serves its API
+    # keys only where nobody can alter a body on the way: loopback or TLS.
+    app.state.secure_listener = is_loopback(host) or certfile is not None
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, gateway, stop, nursery.cancel_scope)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn.trio.serve(create_app(gateway), config,
+                await hypercorn.trio.serve(app, config,
                                            shutdown_trigger=stop.wait, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
