@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from safefs.errors import SafeError
@@ -46,7 +46,7 @@ from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
 from .chaindata import TOKEN_PATTERN, ChainData, Entry
 from .immutable import READ_PIECE
-from .routing import Access, ApiError, Call, Routes, not_valid
+from .routing import Access, ApiError, Call, Routes, StreamedResponse, not_valid
 
 if TYPE_CHECKING:
     from .core import Gateway
@@ -321,7 +321,7 @@ async def get_data(call: ChainCall) -> Response:
     headers = {"Content-Length": str(blob.size), EXPECTED_HASH_HEADER: entry.md5}
     if entry.metadata is not None:
         headers[METADATA_HEADER] = entry.metadata
-    return StreamingResponse(body(), headers=headers, media_type="application/octet-stream")
+    return StreamedResponse(body(), headers=headers)
 
 
 @chain_route("GET", [p + "/{token}/metadata" for p in SINGLE], read=True)
