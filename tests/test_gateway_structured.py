@@ -12,7 +12,13 @@ import trio
 from safefs.gateway import structured
 from safefs.gateway.core import ChunkCache
 from safefs.gateway.records import AppKeys
-from safefs.model import MAX_STRUCTURED_DATA_SIZE, VERSIONS_PER_PAGE, CipherOpts, StructuredData
+from safefs.model import (
+    MAX_STRUCTURED_DATA_SIZE,
+    VERSIONS_PER_PAGE,
+    CipherOpts,
+    StructuredData,
+    encrypt,
+)
 from safefs.store import open_store
 
 OTHER_APP = {"name": "other app", "id": "other.app", "vendor": "safefs", "version": "1.0"}
@@ -374,3 +380,15 @@ def test_history_spans_versions_info_pages():
     for n in (0, 1, VERSIONS_PER_PAGE - 1, VERSIONS_PER_PAGE, 2 * VERSIONS_PER_PAGE, total - 1):
         assert structured.read_content(store, cache, record, AppKeys(), n) == content(n)
     assert structured.read_content(store, cache, record, AppKeys()) == content(total - 1)
+
+
+def test_content_encodings_match_the_format_document():
+    """The example encodings of docs/format-parts/records.md §5.2.4."""
+    inline = structured._encode_content(structured.Content.INLINE,
+                                        encrypt(CipherOpts.plain(), b"hi"))
+    assert inline.hex() == "00000000" "0e00000000000000" "00000000" "0200000000000000" "6869"
+    assert structured.empty_data(501).hex() == (
+        "02000000" "1100000000000000" "0000000000000000" "00" "0000000000000000")
+    immutable = structured._encode_content(structured.Content.IMMUTABLE, bytes(range(32)))
+    assert immutable == bytes.fromhex("01000000") + bytes(range(32))
+    assert structured.empty_data(500) == structured.empty_data(15000) == b""
