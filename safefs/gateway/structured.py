@@ -28,7 +28,6 @@ from safefs.errors import (
     ENCODE_DECODE,
     INVALID_OPERATION,
     INVALID_TYPE_TAG,
-    INVALID_VERSION_NUMBER,
     NO_SUCH_DATA,
     SafeError,
 )
@@ -357,11 +356,13 @@ async def read(call: Call) -> bytes:
 
 @routes.get("/structured-data/{handle}/{version}")
 async def read_version(call: Call) -> bytes:
-    """Content version ``n`` (0-based) of a 501 record."""
+    """Content version ``n`` (0-based) of a 501 record.
+
+    A version that is not a number reads the latest content, as the launcher's ``isNaN``
+    check did: safe-js's ``readData(token, handle)`` asks for ``/structured-data/:h/undefined``.
+    """
     text = call.param("version")
-    if not text.isascii() or not text.isdigit():
-        raise SafeError(INVALID_VERSION_NUMBER, f"version {text!r}")
-    return await _read(call, int(text))
+    return await _read(call, int(text) if text.isascii() and text.isdigit() else None)
 
 
 @routes.put("/structured-data/{handle}", access=Access.LLA)
