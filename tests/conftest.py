@@ -104,7 +104,7 @@ class GatewayProcess:
                 info = {}
             if info.get("pid") == self.proc.pid:
                 self.url = info["url"]
-                if httpx.get(f"{self.url}/health").status_code == 200:
+                if httpx.get(f"{self.url}/health", verify=False).status_code == 200:
                     return
             time.sleep(0.05)
         self.stop(signal.SIGKILL)

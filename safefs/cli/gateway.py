@@ -61,13 +61,14 @@ def run(args: argparse.Namespace) -> None:
                                auth_timeout=args.auth_timeout, auto_approve=args.auto_approve,
                                shared_handles=args.shared_handles, threads=args.threads)
     from safefs.keys import AccountError
+    from safefs.store import StoreError
 
     if args.verbose == 0:
         logging.getLogger("safefs").setLevel(logging.INFO)
     try:
         run_server(args.store or paths.default_store_url(), args.listen, settings,
                    certfile=args.tls_cert, keyfile=args.tls_key)
-    except AccountError as exc:
+    except (AccountError, StoreError) as exc:
         raise QuietError(str(exc)) from None
     except BaseExceptionGroup as group:
         raise _startup_error(group, args.listen) from None

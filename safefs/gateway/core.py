@@ -113,13 +113,18 @@ class Gateway:
         """Open the store, the account (created on first use), the state and the admin secret."""
         from safefs.store import open_store
 
-        account = load_or_create_account()
-        spool_dir = paths.data_dir() / "spool"
-        # Spooled uploads belong to writer handles, which do not survive a restart.
-        shutil.rmtree(spool_dir, ignore_errors=True)
-        paths.ensure_private_dir(spool_dir)
         store = open_store(store_url)
-        return cls(store, account, settings, open_state_db(), spool_dir, ensure_admin_secret())
+        try:
+            account = load_or_create_account()
+            spool_dir = paths.data_dir() / "spool"
+            # Spooled uploads belong to writer handles, which do not survive a restart.
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            paths.ensure_private_dir(spool_dir)
+            return cls(store, account, settings, open_state_db(), spool_dir,
+                       ensure_admin_secret())
+        except BaseException:
+            store.close()
+            raise
 
     def close(self) -> None:
         self.auth_requests.cancel_all()

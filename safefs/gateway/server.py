@@ -85,10 +85,10 @@ async def serve(store_url: str, listen: str, settings: GatewaySettings, *,
             write_info(url)
             log.info("gateway listening on %s (store %s)", url, store_url)
             task_status.started(url)
+        log.info("gateway stopped")
     finally:
         remove_info()
         gateway.close()
-        log.info("gateway stopped")
 
 
 async def _watch_signals(gateway: Gateway, stop: trio.Event, scope: trio.CancelScope) -> None:
