@@ -21,7 +21,7 @@ __all__ = ["COMMAND_MODULES", "QuietError", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-COMMAND_MODULES = ["gateway", "apps", "account", "data", "mount"]
+COMMAND_MODULES = ["gateway", "apps", "account", "data", "mount", "keys"]
 
 
 def build_parser() -> argparse.ArgumentParser:
