@@ -141,6 +141,27 @@ async def test_revoke(gateway):
         assert client.token is None
 
 
+async def test_structured_data_calls(client):
+    name = os.urandom(32)
+    await client.sd_create(name, 501, b"first", cipher="SYMMETRIC")
+    assert await client.sd_info(name, 501) == {"version": 0, "dataVersionLength": 1,
+                                               "isOwner": True}
+    assert await client.sd_read(name, 501) == (0, b"first")
+    assert await client.sd_update(name, 501, b"second", 0, cipher="SYMMETRIC") == 1
+    assert await client.sd_read(name, 501) == (1, b"second")
+    assert await client.sd_read(name, 501, version=0) == (1, b"first")
+    with pytest.raises(Conflict):
+        await client.sd_update(name, 501, b"stale", 0)
+    with pytest.raises(Conflict):
+        await client.sd_create(name, 501, b"again")
+    with pytest.raises(NotFound):
+        await client.sd_read(os.urandom(32), 500)
+    plain = os.urandom(32)
+    await client.sd_create(plain, 500, b"x" * 200_000)
+    assert await client.sd_read(plain, 500) == (0, b"x" * 200_000)
+    assert await client.sd_info(plain, 500) == {"version": 0, "isOwner": True}
+
+
 # -- fault injection: the retry and error rules, without a gateway ---------------------------
 
 
