@@ -425,6 +425,18 @@ def test_metadata_round_trip(chain):
     assert chain.get(bare, "/metadata").json() == {"success": True, "metadata": None}
 
 
+def test_metadata_may_be_utf8(chain):
+    name = "naïve résumé €.txt"
+    token = chain.put_token(b"text", **{"X-ALTR-METADATA": name.encode()})
+    assert (b"x-altr-metadata", name.encode()) in chain.get(token).headers.raw
+    assert chain.get(token, "/metadata").json()["metadata"] == name
+    assert_error(chain.put(b"x", {"X-ALTR-METADATA": b"\xff\xfe"}), 400, "bad_request")
+
+
+def test_non_ascii_token_in_path_is_not_found(chain):
+    assert_error(chain.get("chain_€"), 404, "resource_not_found")
+
+
 def test_status(chain):
     token = chain.put_token(b"status")
     assert chain.get(token, "/status").json() == {"success": True, "response": {"data": {

@@ -14,7 +14,7 @@ Nothing is cached in memory: every request reads its key's row, so ``safefs keys
 takes effect at once, whether it went through the running gateway or straight to the database
 while the gateway was stopped.
 
-A request is signed as ALTR's chainAPI documents it (see :func:`signature` and
+A request is signed as ALTR's chainAPI documents it (see :func:`string_to_sign` and
 docs/chainapi.md); the secret is used as the HMAC key in its ASCII form, as ALTR's own client
 examples do.
 """
@@ -188,20 +188,14 @@ def string_to_sign(method: str, resource: str, date: str) -> bytes:
     """``METHOD\\nRESOURCE\\nDATE\\n``: RESOURCE is empty for POST (and the batch calls) and the
     reference token for reads of one token; DATE is the ``X-ALTR-DATE`` header verbatim."""
     # Header values reach us decoded as Latin-1: encoding them back gives the bytes sent.
-    return b"%s\n%s\n%s\n" % (method.encode("ascii"), resource.encode("latin-1"),
+    return b"%s\n%s\n%s\n" % (method.encode("ascii"), resource.encode("utf-8"),
                                date.encode("latin-1"))
 
 
-def signature(secret: str, method: str, resource: str, date: str) -> str:
-    """The base64 HMAC-SHA256 a client puts after ``ALTR key:``."""
-    digest = hmac.new(secret.encode("ascii"), string_to_sign(method, resource, date),
-                      hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
-def authorization(key: str, secret: str, method: str, resource: str, date: str) -> str:
-    """The whole ``Authorization`` header value."""
-    return f"ALTR {key}:{signature(secret, method, resource, date)}"
+def _digest(secret: str, method: str, resource: str, date: str) -> bytes:
+    """The HMAC-SHA256 a client sends, base64-encoded, after ``ALTR key:``."""
+    return hmac.new(secret.encode("ascii"), string_to_sign(method, resource, date),
+                    hashlib.sha256).digest()
 
 
 def parse_authorization(header: str) -> tuple[str, bytes] | None:
@@ -218,8 +212,8 @@ def parse_authorization(header: str) -> tuple[str, bytes] | None:
 
 def signature_matches(api_key: ApiKey, signature_bytes: bytes, method: str, resource: str,
                       date: str) -> bool:
-    expected = base64.b64decode(signature(api_key.secret, method, resource, date))
-    return hmac.compare_digest(expected, signature_bytes)
+    return hmac.compare_digest(_digest(api_key.secret, method, resource, date),
+                               signature_bytes)
 
 
 # JavaScript's Date.prototype.toString(), what ALTR's examples sign ("date = new Date()"):

@@ -248,6 +248,7 @@ async def put_data(call: ChainCall) -> Response:
     room = keys.room(org)
     if room is not None and int(headers.get("content-length", 0)) > room:
         raise bad_request(CAP_EXCEEDED)
+    metadata = header_text(headers, METADATA_HEADER)
     fd, name = tempfile.mkstemp(dir=call.gateway.spool_dir, prefix="chain-")
     os.close(fd)
     spool = Path(name)
@@ -257,13 +258,22 @@ async def put_data(call: ChainCall) -> Response:
             raise bad_request(CAP_EXCEEDED)
         try:
             entry = await call.gateway.run_sync(call.services.data.put_file, spool, org, size,
-                                                md5, headers.get(METADATA_HEADER))
+                                                md5, metadata)
         except BaseException:
             keys.release(org, size)
             raise
     finally:
         spool.unlink(missing_ok=True)
     return success({"referenceToken": entry.token})
+
+
+def header_text(headers: Headers, name: str) -> str | None:
+    """A header's bytes read as UTF-8, which is how clients send text that is not ASCII."""
+    value = headers.get(name)
+    try:
+        return None if value is None else value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(f"{name} must be UTF-8 text.") from None
 
 
 def body_limit(headers: Headers) -> int | None:
@@ -320,7 +330,8 @@ async def get_data(call: ChainCall) -> Response:
 
     headers = {"Content-Length": str(blob.size), EXPECTED_HASH_HEADER: entry.md5}
     if entry.metadata is not None:
-        headers[METADATA_HEADER] = entry.metadata
+        # The UTF-8 bytes as they came, in the Latin-1 form headers are written in.
+        headers[METADATA_HEADER] = entry.metadata.encode("utf-8").decode("latin-1")
     return StreamedResponse(body(), headers=headers)
 
 
