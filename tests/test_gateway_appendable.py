@@ -167,7 +167,8 @@ async def test_serialise_deserialise_and_errors(api, anonymous):
         == {"errorCode": -2, "description": "CoreError::UnsuccessfulEncodeDecode"}
     assert await api.error(400, "PUT", f"/appendable-data/restore/{handle}/x") == {
         "errorCode": 400, "description": "index must be a valid number"}
-    for path in (f"/appendable-data/{handle}/5", f"/appendable-data/deleted-data/{handle}/0"):
+    for path in (f"/appendable-data/{handle}/5", f"/appendable-data/deleted-data/{handle}/0",
+                 f"/appendable-data/{handle}/{'9' * 5000}"):
         assert await api.error(400, "DELETE", path) == INVALID_INDEX
     assert await api.error(400, "GET", f"/appendable-data/filter/{handle}/0") == INVALID_INDEX
     assert await api.error(400, "GET", f"/appendable-data/encrypt-key/{handle}") == {

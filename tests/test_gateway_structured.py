@@ -165,6 +165,8 @@ async def test_versioned_history(api, anonymous):
         b"version 0", b"version 1", b""]
     assert await anonymous.sd_read(reader) == b""
     assert await anonymous.error(400, "GET", f"/structured-data/{reader}/3") == INVALID_VERSION
+    assert await anonymous.error(400, "GET", f"/structured-data/{reader}/{'9' * 5000}") \
+        == INVALID_VERSION
     # As in the launcher, a version that is not a number reads the latest (safe-js relies on it).
     assert await anonymous.sd_read(reader, "undefined") == b""
 

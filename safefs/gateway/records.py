@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, TypeVar
 from nacl.public import PrivateKey
 
 from safefs import model
-from safefs.errors import ENCODE_DECODE, MUTATION_NO_SUCH_DATA, NO_SUCH_DATA, SafeError
+from safefs.errors import (
+    ENCODE_DECODE,
+    INVALID_INDEX,
+    MUTATION_NO_SUCH_DATA,
+    NO_SUCH_DATA,
+    SafeError,
+)
 from safefs.model import AppendableData, DataIdentifier, StructuredData
 from safefs.store import RecordExists, RecordNotFound, VersionConflict
 
@@ -151,6 +157,8 @@ def update(store: Store, data_id: DataIdentifier, change: Callable[[bytes], R]) 
 # -- request helpers -------------------------------------------------------------------------
 
 INDEX_NOT_A_NUMBER = "index must be a valid number"
+# Decimal digits of the largest u64: longer numbers in a path are out of range, whatever they say.
+U64_DIGITS = 20
 
 
 def name_field(body: dict, missing: str, invalid: str) -> bytes:
@@ -172,4 +180,6 @@ def path_index(call: Call, name: str = "index") -> int:
     text = call.param(name)
     if not text.isascii() or not text.isdigit():
         raise ApiError(400, INDEX_NOT_A_NUMBER)
+    if len(text) > U64_DIGITS:
+        raise SafeError(INVALID_INDEX, f"index {text[:30]}...")
     return int(text)

@@ -22,12 +22,14 @@ import contextlib
 import logging
 from dataclasses import replace
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from safefs import model
 from safefs.errors import (
     ENCODE_DECODE,
     INVALID_OPERATION,
     INVALID_TYPE_TAG,
+    INVALID_VERSION_NUMBER,
     NO_SUCH_DATA,
     SafeError,
 )
@@ -50,8 +52,11 @@ from . import blobs, records
 from .core import ChunkCache, Gateway
 from .handles import Kind
 from .misc import cipher_opts_of
-from .records import AppKeys
+from .records import U64_DIGITS, AppKeys
 from .routing import Access, ApiError, Call, Routes, b64_field, not_valid
+
+if TYPE_CHECKING:
+    from safefs.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,7 @@ def empty_data(type_tag: int) -> bytes:
     return b""
 
 
-def with_content(store, record: StructuredData, content: bytes,
+def with_content(store: Store, record: StructuredData, content: bytes,
                  opts: CipherOpts) -> StructuredData:
     """``record`` carrying ``content`` (for 501: as a new newest version), unsigned.
 
@@ -136,19 +141,19 @@ def with_content(store, record: StructuredData, content: bytes,
     return replace(record, data=data, signature=None)
 
 
-def _read_blob(store, cache: ChunkCache, name: bytes, keys: AppKeys) -> bytes:
+def _read_blob(store: Store, cache: ChunkCache, name: bytes, keys: AppKeys) -> bytes:
     blob = blobs.Blob(store, cache, name, keys.sym_key, keys.box_keypair)
     return blob.read(0, blob.size)
 
 
-def _pointer(store, cache: ChunkCache, info: VersionsInfo, index: int) -> XorName:
+def _pointer(store: Store, cache: ChunkCache, info: VersionsInfo, index: int) -> XorName:
     """The ImmutableData of content version ``index``, following older pages as needed."""
     while (pointer := info.pointer_at(index)) is None:
         info = VersionsInfo.deserialise(_read_blob(store, cache, info.older, AppKeys()))
     return pointer
 
 
-def read_content(store, cache: ChunkCache, record: StructuredData, keys: AppKeys,
+def read_content(store: Store, cache: ChunkCache, record: StructuredData, keys: AppKeys,
                  version: int | None = None) -> bytes:
     """The plaintext content (of content version ``version``, for tag 501) of ``record``."""
     if record.deleted or record.is_unclaimed:
@@ -362,7 +367,11 @@ async def read_version(call: Call) -> bytes:
     check did: safe-js's ``readData(token, handle)`` asks for ``/structured-data/:h/undefined``.
     """
     text = call.param("version")
-    return await _read(call, int(text) if text.isascii() and text.isdigit() else None)
+    if not text.isascii() or not text.isdigit():
+        return await _read(call, None)
+    if len(text) > U64_DIGITS:
+        raise SafeError(INVALID_VERSION_NUMBER, f"version {text[:30]}...")
+    return await _read(call, int(text))
 
 
 @routes.put("/structured-data/{handle}", access=Access.LLA)
