@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 
 import httpx
@@ -16,6 +17,7 @@ from safefs.model import (
     MAX_STRUCTURED_DATA_SIZE,
     VERSIONS_PER_PAGE,
     CipherOpts,
+    DataIdentifier,
     StructuredData,
     encrypt,
 )
@@ -396,3 +398,21 @@ def test_content_encodings_match_the_format_document():
     immutable = structured._encode_content(structured.Content.IMMUTABLE, bytes(range(32)))
     assert immutable == bytes.fromhex("01000000") + bytes(range(32))
     assert structured.empty_data(500) == structured.empty_data(15000) == b""
+
+
+async def test_tampered_records_are_refused(gateway, api):
+    """A record altered in the store, or moved under another name, is never handed on."""
+    name, _ = await api.sd_new(b"genuine")
+    other_name, _ = await api.sd_new(b"other")
+    data_id = DataIdentifier.structured(base64.b64decode(name), 500)
+    with open_store(gateway.store_url) as store:
+        version, value = store.get_record(data_id.record_key())
+        record = StructuredData.deserialise(value)
+        forged = dataclasses.replace(record, data=record.data.replace(b"genuine", b"forged!"))
+        store.cas_record(data_id.record_key(), version, forged.serialise())
+        other_key = DataIdentifier.structured(base64.b64decode(other_name), 500).record_key()
+        store.cas_record(other_key, 0, value)
+    for tampered in (name, other_name):
+        data_id = await api.handle("POST", "/data-id/structured-data", json={"name": tampered})
+        assert (await api.error(400, "GET", f"/structured-data/handle/{data_id}"))[
+            "errorCode"] == -2

@@ -37,12 +37,10 @@ from safefs.errors import (
 from safefs.model import AppendableData, DataIdentifier, StructuredData
 from safefs.store import RecordExists, RecordNotFound, VersionConflict
 
-from .routing import ApiError
+from .routing import ApiError, Call
 
 if TYPE_CHECKING:
     from safefs.store import Store
-
-    from .routing import Call
 
 log = logging.getLogger(__name__)
 
