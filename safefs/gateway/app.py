@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import admin, appendable, auth, chain, immutable, misc, structured
+from . import admin, appendable, auth, chain, immutable, misc, openapi, structured
 from .core import Gateway
 from .routing import error_json
 
-ROUTE_MODULES = (auth, admin, immutable, misc, structured, appendable, chain)
+ROUTE_MODULES = (auth, admin, immutable, misc, structured, appendable, chain, openapi)
 API_PREFIXES = ("/0.5", "/0.6")
 
 
