@@ -163,8 +163,9 @@ class ChunkInfo:
 class DataMap:
     """The chunks of one piece of data, in index order.
 
-    ``child`` is None for a map of the data itself; ``child = L`` means the chunks listed here hold
-    the serialized map of level L-1 (None for L=1), encrypted with KDF child level L.
+    ``child`` is None for a map of the data itself. ``child = L`` means the chunks hold the
+    serialized DataMap one level down (``child`` L-1, or None when L is 1), encrypted at KDF child
+    level L.
     """
 
     chunks: tuple[ChunkInfo, ...]
