@@ -220,7 +220,7 @@ class Operations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         log.debug("setattr %d", inode)
         if inode == CTRL_INODE:
-            raise FUSEError(errno.EPERM)
+            return self._ctrl_attrs()  # the kernel writes back times it keeps for any inode
         ino = self.meta.get(inode)
         if ino.is_dir and ino.dir_state == DirState.UNLOADED:
             ino = await self._dir(inode)
@@ -367,8 +367,11 @@ class Operations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if inode == CTRL_INODE:
             raise FUSEError(errno.EPERM)  # used through its xattrs only
-        if not self.meta.get(inode).is_file:
+        ino = self.meta.get(inode)
+        if not ino.is_file:
             raise FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC and ino.size:  # the kernel leaves O_TRUNC to us (atomic_o_trunc)
+            self.cache.truncate(inode, 0)
         return self._open(inode, flags)
 
     @_guard

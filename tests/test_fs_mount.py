@@ -1,0 +1,225 @@
+"""A real mount: contents round-trip, POSIX file semantics, xattrs, the control commands."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import fs_helpers
+from tests.fs_helpers import Mount, make_file, sha256_file
+
+mount_factory, mounted = fs_helpers.mount_factory, fs_helpers.mounted  # the fixtures
+
+MiB = 1 << 20
+SIZES = [0, 1, 2, 3, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 13 * MiB]
+
+
+def _remount_cold(mount: Mount) -> None:
+    """Unmount (which uploads everything), forget the whole local cache, mount again."""
+    mount.umount()
+    mount.wipe_cache()
+    mount.mount()
+
+
+def test_round_trips_survive_cache_wipe(mounted: Mount, tmp_path: Path) -> None:
+    expected = {}
+    for size in SIZES:
+        source = tmp_path / f"src-{size}"
+        expected[size] = make_file(source, size, seed=size)
+        shutil.copyfile(source, mounted.path / f"f-{size}")
+    for size in SIZES:
+        assert sha256_file(mounted.path / f"f-{size}") == expected[size]
+    _remount_cold(mounted)
+    for size in SIZES:
+        path = mounted.path / f"f-{size}"
+        assert path.stat().st_size == size
+        assert sha256_file(path) == expected[size]
+
+
+@pytest.mark.slow
+def test_one_gib_round_trip(mounted: Mount, tmp_path: Path) -> None:
+    source = tmp_path / "big"
+    digest = make_file(source, 1 << 30, seed=7)
+    subprocess.run(["cp", str(source), str(mounted.path / "big")], check=True)
+    source.unlink()
+    assert sha256_file(mounted.path / "big") == digest
+    _remount_cold(mounted)
+    assert sha256_file(mounted.path / "big") == digest
+
+
+def test_posix_file_semantics(mounted: Mount) -> None:
+    root = mounted.path
+    # O_EXCL
+    fd = os.open(root / "excl", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    os.close(fd)
+    with pytest.raises(FileExistsError):
+        os.open(root / "excl", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    assert stat.S_IMODE((root / "excl").stat().st_mode) == 0o640 & ~_umask()
+    # unlink of an open file: still readable and writable through the descriptor
+    fd = os.open(root / "open", os.O_CREAT | os.O_RDWR)
+    os.write(fd, b"kept")
+    os.unlink(root / "open")
+    assert not (root / "open").exists()
+    os.write(fd, b" alive")
+    assert os.pread(fd, 100, 0) == b"kept alive"
+    os.close(fd)
+    # sparse extension, then truncation down and up: the cut-off bytes come back as zeros
+    with open(root / "sparse", "wb") as file:
+        file.seek(10 * MiB)
+        file.write(b"end")
+    assert (root / "sparse").stat().st_size == 10 * MiB + 3
+    data = (root / "sparse").read_bytes()
+    assert data[:10 * MiB] == bytes(10 * MiB) and data[-3:] == b"end"
+    (root / "t").write_bytes(b"0123456789")
+    os.truncate(root / "t", 4)
+    os.truncate(root / "t", 8)
+    assert (root / "t").read_bytes() == b"0123\0\0\0\0"
+    with open(root / "t", "r+b") as file:
+        file.truncate(2)
+        file.seek(5)
+        file.write(b"x")
+    assert (root / "t").read_bytes() == b"01\0\0\0x"
+    # rename replacing an existing file, and RENAME_NOREPLACE-like checks through os.rename
+    (root / "a").write_text("A")
+    (root / "b").write_text("B")
+    os.rename(root / "a", root / "b")
+    assert (root / "b").read_text() == "A" and not (root / "a").exists()
+    (root / "dir").mkdir()
+    (root / "dir" / "inside").write_text("x")
+    with pytest.raises(OSError) as info:
+        os.rename(root / "b", root / "dir")
+    assert info.value.errno == errno.EISDIR
+    (root / "empty").mkdir()
+    with pytest.raises(OSError) as info:
+        os.rename(root / "empty", root / "dir")
+    assert info.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as info:
+        os.rename(root / "dir", root / "dir" / "sub")
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as info:
+        os.rmdir(root / "dir")
+    assert info.value.errno == errno.ENOTEMPTY
+    # symlinks, chmod, utimens
+    os.symlink("b", root / "link")
+    assert os.readlink(root / "link") == "b" and (root / "link").read_text() == "A"
+    os.chmod(root / "b", 0o604)
+    os.utime(root / "b", ns=(1_000_000_000, 2_000_000_123))
+    info_b = (root / "b").stat()
+    assert stat.S_IMODE(info_b.st_mode) == 0o604 and info_b.st_mtime_ns == 2_000_000_123
+    # hard links are not supported
+    with pytest.raises(PermissionError):
+        os.link(root / "b", root / "c")
+    # names
+    with pytest.raises(OSError) as info:
+        (root / ("n" * 256)).write_text("x")
+    assert info.value.errno == errno.ENAMETOOLONG
+    (root / ("n" * 255)).write_text("x")
+    # statfs has real numbers
+    fs = os.statvfs(root)
+    assert fs.f_namemax == 255 and fs.f_blocks > 0 and fs.f_bavail > 0 and fs.f_files > 0
+
+    # All of it survives unmount, cache wipe and mount.
+    _remount_cold(mounted)
+    assert (root / "b").read_text() == "A"
+    info_b2 = (root / "b").stat()
+    assert stat.S_IMODE(info_b2.st_mode) == 0o604 and info_b2.st_mtime_ns == 2_000_000_123
+    assert (root / "t").read_bytes() == b"01\0\0\0x"
+    assert (root / "sparse").read_bytes()[-3:] == b"end"
+    assert os.readlink(root / "link") == "b"
+    assert sorted(os.listdir(root)) == sorted(
+        ["excl", "sparse", "t", "b", "dir", "empty", "link", "n" * 255])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_readdir_of_many_entries_is_complete_and_stable(mounted: Mount) -> None:
+    names = {f"entry-{i:04d}-{'x' * 40}" for i in range(1500)}
+    for name in names:
+        (mounted.path / name).touch()
+    assert set(os.listdir(mounted.path)) == names
+    _remount_cold(mounted)
+    assert set(os.listdir(mounted.path)) == names
+
+
+def test_xattr_rules(mounted: Mount) -> None:
+    path = mounted.path / "f"
+    path.write_bytes(b"x" * 10_000)
+    os.setxattr(path, "user.colour", b"blue")
+    os.setxattr(path, "user.empty", b"")
+    os.setxattr(mounted.path, "user.root", b"r")
+    assert sorted(os.listxattr(path)) == ["user.colour", "user.empty"]
+    for name in ("trusted.x", "security.x", "system.x"):
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, name, b"1")
+        assert info.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as info:
+        os.getxattr(path, "trusted.x")
+    assert info.value.errno == errno.ENOTSUP
+    for name in ("user.safe.id", "user.safe.state", "user.safe.other"):
+        with pytest.raises(PermissionError):
+            os.setxattr(path, name, b"1")
+        with pytest.raises(PermissionError):
+            os.removexattr(path, name)
+    assert os.getxattr(path, "user.safe.state") == b"pending"
+    assert mounted.sync().returncode == 0
+    assert os.getxattr(path, "user.safe.state") == b"synced"
+    assert os.getxattr(mounted.path, "user.safe.state") == b"synced"
+    data_id = os.getxattr(path, "user.safe.id")
+    assert len(data_id) > 20
+    version = int(os.getxattr(mounted.path, "user.safe.version"))
+    assert int(os.getxattr(path, "user.safe.version")) == version
+    os.removexattr(path, "user.empty")
+    with pytest.raises(OSError) as info:
+        os.getxattr(path, "user.empty")
+    assert info.value.errno == errno.ENODATA
+
+    _remount_cold(mounted)
+    assert os.getxattr(path, "user.colour") == b"blue"
+    assert os.listxattr(path) == ["user.colour"]
+    assert os.getxattr(mounted.path, "user.root") == b"r"
+    assert os.getxattr(path, "user.safe.id") == data_id
+    assert int(os.getxattr(mounted.path, "user.safe.version")) > version
+
+
+def test_tiny_files_travel_inline(mounted: Mount) -> None:
+    (mounted.path / "tiny").write_bytes(b"small")
+    (mounted.path / "large").write_bytes(b"L" * 5000)
+    assert mounted.sync().returncode == 0
+    with pytest.raises(OSError):  # no DataIdentifier: the content is in the directory record
+        os.getxattr(mounted.path / "tiny", "user.safe.id")
+    assert os.getxattr(mounted.path / "large", "user.safe.id")
+
+
+def test_status_and_sync_commands(mounted: Mount) -> None:
+    (mounted.path / "pending").write_bytes(b"p" * 100_000)
+    status = mounted.status()
+    assert status["online"] is True and status["mountpoint"] == str(mounted.path)
+    assert mounted.sync().returncode == 0
+    status = mounted.status()
+    assert (status["pending_files"], status["pending_dirs"], status["conflicts"]) == (0, 0, 0)
+    assert status["last_sync"] > 0
+    human = mounted.env.run_cli("status")
+    assert str(mounted.path) in human.stdout and "reachable" in human.stdout
+    outside = mounted.env.run_cli("sync", str(mounted.env.root))
+    assert outside.returncode == 1 and "not inside a safefs mount" in outside.stderr
+
+
+def test_mount_errors_are_one_line(mounted: Mount, tmp_path: Path) -> None:
+    again = mounted.env.run_cli("mount", str(mounted.path))
+    assert again.returncode == 1 and "already a mount point" in again.stderr
+    missing = mounted.env.run_cli("mount", str(tmp_path / "missing"))
+    assert missing.returncode == 1 and "not a directory" in missing.stderr
+    not_mounted = mounted.env.run_cli("umount", str(tmp_path))
+    assert not_mounted.returncode == 1 and "not a safefs mount" in not_mounted.stderr
+    for result in (again, missing, not_mounted):
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
