@@ -281,3 +281,30 @@ async def test_streamed_reads_do_not_hold_up_shutdown(gateway, api):
     gateway.proc.send_signal(signal.SIGTERM)
     # The graceful timeout is 30 s; an idle connection must not make the gateway wait for it.
     assert await trio.to_thread.run_sync(gateway.proc.wait, 15) == 0
+
+
+async def test_shutdown_lets_an_upload_finish(gateway, api):
+    """SIGTERM during an append: the append completes, then the gateway exits cleanly."""
+    writer = await api.handle("GET", "/immutable-data/writer")
+    half_sent, resume = trio.Event(), trio.Event()
+    result = {}
+
+    async def body():
+        yield b"a" * 1000
+        half_sent.set()
+        await resume.wait()
+        yield b"b" * 1000
+
+    async def upload():
+        result["response"] = await api.call("POST", f"/immutable-data/{writer}", content=body(),
+                                            headers={"Content-Length": "2000"})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(upload)
+        await half_sent.wait()
+        gateway.proc.send_signal(signal.SIGTERM)
+        while "finishing in-flight requests" not in gateway.log():
+            await trio.sleep(0.05)
+        resume.set()
+    assert (result["response"].status_code, result["response"].text) == (200, "OK")
+    assert await trio.to_thread.run_sync(gateway.proc.wait, 15) == 0
