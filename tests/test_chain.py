@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from safefs import selfenc
 from safefs.gateway.chain import INSECURE_LISTENER
 
 from .conftest import GatewayProcess, SafefsEnv
@@ -463,8 +464,11 @@ def test_batch_put_and_get(chain):
     assert all(tokens[k].startswith(TOKEN_PREFIX) for k in ("text", "number", "object", "edge"))
     consumed = len("héllo".encode()) + len("5") + len('{"x":[1,2]}') + SMALL
     assert response.headers["x-bytes-consumed"] == str(consumed)
-    # Batch values are ordinary tokens.
+    # Batch values are ordinary tokens (sharing one ImmutableData, each its own range).
     assert chain.get(tokens["text"]).content == "héllo".encode()
+    response = chain.get(tokens["edge"])
+    assert response.content == b"e" * SMALL
+    assert response.headers["x-expected-hash"] == hashlib.md5(b"e" * SMALL).hexdigest()
 
     large = chain.put_token(b"L" * (SMALL + 1))
     unknown = TOKEN_PREFIX + "f" * 64
@@ -543,6 +547,26 @@ def test_data_is_self_encrypted_in_the_store(shared_gateway, chain):
     for path in store.rglob("*"):
         if path.is_file():
             assert b"plaintext marker" not in path.read_bytes(), path
+
+
+async def test_small_values_cannot_be_confirmed_from_the_store(shared_gateway, chain):
+    """Whoever can list the store cannot confirm a guessed value: the chunks its plain
+    self-encryption gives (what the launcher API stores) are not there after PutData or
+    PostBatch stored it."""
+    value = b"4111 1111 1111 1111"
+    chain.put_token(value)
+    chain.put_batch({"card": value.decode()})
+    _, chunks = selfenc.encrypt_bytes(value)
+    convergent = {name.hex() for name in chunks}
+    store = Path(shared_gateway.store_url.removeprefix("file://"))
+
+    def stored() -> set[str]:
+        return {path.name for path in store.rglob("*") if path.is_file()}
+
+    assert not convergent & stored()
+    async with shared_gateway.client(shared_gateway.authorise()) as client:
+        await client.put_bytes(value)
+    assert convergent <= stored()  # the check can see such chunks
 
 
 def test_tokens_survive_a_restart(gateway_factory, safefs_env):

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ from safefs.errors import SafeError
 
 from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
-from .chaindata import TOKEN_PATTERN, ChainData, Entry
+from .chaindata import TOKEN_PATTERN, ChainData, Entry, new_spool
 from .immutable import READ_PIECE
 from .routing import Access, ApiError, Call, Routes, StreamedResponse, not_valid
 
@@ -249,16 +247,14 @@ async def put_data(call: ChainCall) -> Response:
     if room is not None and int(headers.get("content-length", 0)) > room:
         raise bad_request(CAP_EXCEEDED)
     metadata = header_text(headers, METADATA_HEADER)
-    fd, name = tempfile.mkstemp(dir=call.gateway.spool_dir, prefix="chain-")
-    os.close(fd)
-    spool = Path(name)
+    spool = await trio.to_thread.run_sync(new_spool, call.gateway.spool_dir)
     try:
         size, md5 = await _spool(call.request.stream(), spool, limit, room)
         if not keys.reserve(org, size):
             raise bad_request(CAP_EXCEEDED)
         try:
-            entry = await call.gateway.run_sync(call.services.data.put_file, spool, org, size,
-                                                md5, metadata)
+            entry = await call.gateway.run_sync(call.services.data.put_file, spool, org, md5,
+                                                metadata)
         except BaseException:
             keys.release(org, size)
             raise
@@ -292,13 +288,13 @@ def body_limit(headers: Headers) -> int | None:
 
 async def _spool(body: AsyncIterator[bytes], path: Path, limit: int | None,
                  room: int | None) -> tuple[int, str]:
-    """Write up to ``limit`` bytes of ``body`` to ``path`` (draining the rest); (size, MD5).
+    """Append up to ``limit`` bytes of ``body`` to ``path`` (draining the rest); (size, MD5).
 
     Stops with the cap error as soon as the data outgrows ``room``.
     """
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
-    async with await trio.open_file(path, "wb") as file:
+    async with await trio.open_file(path, "ab") as file:
         async for piece in body:
             if limit is not None:
                 piece = piece[:limit - size]
@@ -316,19 +312,19 @@ async def _spool(body: AsyncIterator[bytes], path: Path, limit: int | None,
 async def get_data(call: ChainCall) -> Response:
     entry = await call.entry()
     run_sync = call.gateway.run_sync
-    blob = await run_sync(call.services.data.open, entry)
+    content = await run_sync(call.services.data.open, entry)
     # Read the first piece before answering, so that a missing chunk is a proper error.
-    first = await run_sync(blob.read, 0, READ_PIECE)
+    first = await run_sync(content.read, 0, READ_PIECE)
 
     async def body() -> AsyncIterator[bytes]:
         position = len(first)
         yield first
-        while position < blob.size:
-            piece = await run_sync(blob.read, position, position + READ_PIECE)
+        while position < content.size:
+            piece = await run_sync(content.read, position, position + READ_PIECE)
             position += len(piece)
             yield piece
 
-    headers = {"Content-Length": str(blob.size), EXPECTED_HASH_HEADER: entry.md5}
+    headers = {"Content-Length": str(content.size), EXPECTED_HASH_HEADER: entry.md5}
     if entry.metadata is not None:
         # The UTF-8 bytes as they came, in the Latin-1 form headers are written in.
         headers[METADATA_HEADER] = entry.metadata.encode("utf-8").decode("latin-1")
@@ -366,19 +362,17 @@ async def put_batch(call: ChainCall) -> Response:
     keys = call.services.keys
     if not keys.reserve(org, consumed):
         raise bad_request(CAP_EXCEEDED)
-    put = call.services.data.put_bytes
     try:
-        entries = await _gather(call.gateway, {
-            name: (put, data, org, hashlib.md5(data, usedforsecurity=False).hexdigest())
-            for name, data in small.items()})
+        entries = await call.gateway.run_sync(call.services.data.put_values,
+                                              list(small.values()), org)
     except BaseException:
         keys.release(org, consumed)
         raise
+    tokens = {name: entry.token for name, entry in zip(small, entries, strict=True)}
     headers = {BYTES_CONSUMED_HEADER: str(consumed)}
     if len(small) < len(values):
         headers[OVERFLOW_HEADER] = "true"
-    return JSONResponse({name: entries[name].token if name in entries else None
-                         for name in pairs}, headers=headers)
+    return JSONResponse({name: tokens.get(name) for name in pairs}, headers=headers)
 
 
 @chain_route("PUT", BATCH, read=True)
@@ -415,8 +409,7 @@ async def _get_batch(call: ChainCall) -> Response:
 
 
 def _read_all(data: ChainData, entry: Entry) -> bytes:
-    blob = data.open(entry)
-    return blob.read(0, blob.size)
+    return data.open(entry).read(0, entry.size)
 
 
 def _value_bytes(value: Any) -> bytes:

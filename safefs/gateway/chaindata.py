@@ -1,29 +1,43 @@
 """chainAPI data on the store: reference tokens that lead to self-encrypted ImmutableData.
 
-PutData stores its body as ImmutableData exactly as the launcher API does
+Data is stored as ImmutableData exactly as the launcher API stores files
 (:mod:`safefs.gateway.blobs`: self-encrypted chunks and a root chunk), with SYMMETRIC cipher
-options under a key derived from the account, so the DataMap is sealed. It then mints a random
-reference token, ``chain_<64 hex>`` (random, so it says nothing about the content), and writes
-one *token record* on the store:
+options under a key derived from the account, so the DataMap is sealed. Two differences:
+
+* Every ImmutableData written here starts with ``SALT_BYTES`` random bytes. Self-encryption is
+  convergent: without the salt, whoever can list the store could self-encrypt guesses of a small
+  value (a card number, a name) and see whether their chunks exist. The salt lives in the first
+  chunk, and with the three chunks of anything under three maximum-size chunks every chunk's
+  key depends on it, so small values are unguessable. (From the fourth chunk of a large upload
+  on, chunks stay convergent, as for every other file: docs/FORMAT.md's threat model.)
+* The values of one PostBatch share one ImmutableData, one after another, so a batch costs a
+  handful of chunks instead of four per value.
+
+Each token then gets a *token record* on the store. A reference token is ``chain_<64 hex>``,
+random, so it says nothing about the content:
 
     record key   = BLAKE3-keyed(key = account.derive("chainapi token index v1"), token)
     record value = model.encrypt(SYMMETRIC account.derive("chainapi data v1"), JSON entry)
-    entry        = {"token", "org", "name" (ImmutableData name, hex), "size", "md5" (hex),
-                    "metadata" (X-ALTR-METADATA or null), "created" (unix time)}
+    entry        = {"token", "org", "name" (ImmutableData name, hex), "offset", "size",
+                    "md5" (hex), "metadata" (X-ALTR-METADATA or null), "created" (unix time)}
 
 Keeping the index on the store rather than in the gateway's state database means every gateway
 of the account that shares the store resolves every token, and losing a gateway's state loses
 no data. The entry repeats its token, so a record moved to another key is detected.
 
-Everything here is synchronous and runs in the gateway's worker threads.
+Everything here except :func:`new_spool` is synchronous and runs in the gateway's worker
+threads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,21 +56,50 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "chain_"
 TOKEN_PATTERN = re.compile(r"chain_[0-9a-f]{64}")
+SALT_BYTES = 32
 _INDEX_PURPOSE = "chainapi token index v1"
 _DATA_PURPOSE = "chainapi data v1"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """What a reference token stands for."""
+    """What a reference token stands for: ``size`` bytes at ``offset`` of an ImmutableData."""
 
     token: str
     org: str
     name: str  # the ImmutableData's name, hex
+    offset: int
     size: int
     md5: str  # hex MD5 of the data: GetData's X-Expected-Hash
     metadata: str | None
     created: float
+
+
+class Content:
+    """The bytes of one token, readable by range from several threads."""
+
+    def __init__(self, blob: blobs.Blob, entry: Entry) -> None:
+        self._blob = blob
+        self._offset = entry.offset
+        self.size = entry.size
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)``, clamped to the size."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        return self._blob.read(self._offset + start, self._offset + end)
+
+
+def new_spool(directory: Path) -> Path:
+    """A temporary file for :meth:`ChainData.put_file`: append the data to it, then store it.
+
+    It starts with the salt, so the data never has to be copied to get one in front of it.
+    """
+    fd, name = tempfile.mkstemp(dir=directory, prefix="chain-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(secrets.token_bytes(SALT_BYTES))
+    return Path(name)
 
 
 class ChainData:
@@ -72,16 +115,27 @@ class ChainData:
         self._data_key = account.derive(_DATA_PURPOSE)
         self._opts = CipherOpts.symmetric(self._data_key)
 
-    def put_file(self, path: Path, org: str, size: int, md5: str,
-                 metadata: str | None = None) -> Entry:
-        """Self-encrypt the file at ``path`` and give it a new token."""
-        name = blobs.store_file(self._store, path, self._opts, self._settings, self._threads)
-        return self._add(Entry(_new_token(), org, name.hex(), size, md5, metadata, time.time()))
+    def put_file(self, spool: Path, org: str, md5: str, metadata: str | None = None) -> Entry:
+        """Self-encrypt a :func:`new_spool` file and give its data a new token."""
+        name = blobs.store_file(self._store, spool, self._opts, self._settings, self._threads)
+        size = os.stat(spool).st_size - SALT_BYTES
+        return self._add(Entry(_new_token(), org, name.hex(), SALT_BYTES, size, md5, metadata,
+                               time.time()))
 
-    def put_bytes(self, data: bytes, org: str, md5: str) -> Entry:
-        """Self-encrypt ``data`` (a batch value) and give it a new token."""
-        name = blobs.store_bytes(self._store, data, self._opts, self._settings)
-        return self._add(Entry(_new_token(), org, name.hex(), len(data), md5, None, time.time()))
+    def put_values(self, values: list[bytes], org: str) -> list[Entry]:
+        """Self-encrypt a batch's values as one ImmutableData; a new token for each."""
+        if not values:
+            return []
+        name = blobs.store_bytes(self._store, b"".join([secrets.token_bytes(SALT_BYTES), *values]),
+                                 self._opts, self._settings).hex()
+        entries = []
+        offset = SALT_BYTES
+        for value in values:
+            md5 = hashlib.md5(value, usedforsecurity=False).hexdigest()
+            entries.append(self._add(Entry(_new_token(), org, name, offset, len(value), md5,
+                                           None, time.time())))
+            offset += len(value)
+        return entries
 
     def entry(self, token: str) -> Entry | None:
         """The entry of ``token``, or ``None`` if no such token was ever issued."""
@@ -101,9 +155,10 @@ class ChainData:
             raise SafeError(errors.ENCODE_DECODE, "token record belongs to another token")
         return entry
 
-    def open(self, entry: Entry) -> blobs.Blob:
+    def open(self, entry: Entry) -> Content:
         """The data of ``entry``, for reading byte ranges."""
-        return blobs.Blob(self._store, self._cache, bytes.fromhex(entry.name), self._data_key)
+        blob = blobs.Blob(self._store, self._cache, bytes.fromhex(entry.name), self._data_key)
+        return Content(blob, entry)
 
     def _add(self, entry: Entry) -> Entry:
         sealed = model.encrypt(self._opts, json.dumps(asdict(entry)).encode())
