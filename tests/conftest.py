@@ -9,6 +9,8 @@ Extra gateway flags come from the ``gateway_args`` marker::
     async def test_eviction(gateway): ...
 
 ``gateway_factory`` starts more (or differently configured) gateways in the same environment.
+``module_env`` / ``module_gateway`` are the same, shared by all tests of a module: cheaper, for
+tests that leave the gateway as they found it.
 """
 
 from __future__ import annotations
@@ -49,14 +51,11 @@ class SafefsEnv:
                               cwd=self.root)
 
 
-@pytest.fixture
-def safefs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
-    root = tmp_path / "env"
+def _isolated_env(root: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
     env = dict(os.environ)
-    env.pop("SAFEFS_GATEWAY", None)
-    env.pop("XDG_RUNTIME_DIR", None)
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.delenv("SAFEFS_GATEWAY", raising=False)
+    for var in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR"):
+        env.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
     for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
                      ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
         path = root / sub
@@ -64,6 +63,18 @@ def safefs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
         env[var] = str(path)
         monkeypatch.setenv(var, str(path))
     return SafefsEnv(root, env)
+
+
+@pytest.fixture
+def safefs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
+    return _isolated_env(tmp_path / "env", monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SafefsEnv]:
+    """Like ``safefs_env``, shared by the tests of one module."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _isolated_env(tmp_path_factory.mktemp("module") / "env", monkeypatch)
 
 
 @dataclass
@@ -164,6 +175,16 @@ def gateway_factory(safefs_env: SafefsEnv, tmp_path: Path) -> Iterator:
 def gateway(gateway_factory, request: pytest.FixtureRequest) -> GatewayProcess:
     marker = request.node.get_closest_marker("gateway_args")
     return gateway_factory(*(marker.args if marker else ()))
+
+
+@pytest.fixture(scope="module")
+def module_gateway(module_env: SafefsEnv) -> Iterator[GatewayProcess]:
+    """One default gateway for the tests of a module that need no gateway of their own
+    (they must not stop it, change its flags or count its apps)."""
+    gateway = GatewayProcess(module_env, f"file://{module_env.root.parent / 'store'}", [])
+    gateway.start()
+    yield gateway
+    gateway.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 
 import httpx
 import pytest
@@ -93,5 +94,5 @@ def test_tls(gateway_factory, tmp_path):
     cert, key = _self_signed(tmp_path)
     gateway = gateway_factory("--tls-cert", str(cert), "--tls-key", str(key))
     assert gateway.url.startswith("https://")
-    response = httpx.get(f"{gateway.url}/health", verify=str(cert))
+    response = httpx.get(f"{gateway.url}/health", verify=ssl.create_default_context(cafile=cert))
     assert response.text == "OK"

@@ -22,6 +22,13 @@ from safefs.client import (
 from safefs.model import DataIdentifier
 
 
+@pytest.fixture
+async def client(module_gateway):
+    """A LOW_LEVEL_API client of the module's shared gateway."""
+    async with module_gateway.client(module_gateway.authorise()) as client:
+        yield client
+
+
 async def test_bytes_round_trip(client):
     for size in (0, 1, 2, 3, 1000, client_module.SEGMENT_SIZE + 1):
         data = os.urandom(size)
@@ -30,7 +37,8 @@ async def test_bytes_round_trip(client):
         assert await client.get_bytes(data_id) == data
 
 
-async def test_symmetric_round_trip_and_other_apps(gateway, client):
+async def test_symmetric_round_trip_and_other_apps(module_gateway, client):
+    gateway = module_gateway
     data = os.urandom(5000)
     data_id = await client.put_bytes(data, cipher="SYMMETRIC")
     assert await client.get_bytes(data_id) == data
@@ -115,12 +123,16 @@ async def test_append_retry_is_idempotent(client):
     assert await client.get_bytes(serialised) == b"abcde"
 
 
-async def test_missing_data_and_gateway_down(gateway, client):
+async def test_missing_data(client):
     with pytest.raises(NotFound):
         await client.get_bytes(DataIdentifier.immutable(os.urandom(32)).serialise())
-    assert await client.health()
-    await trio.to_thread.run_sync(gateway.stop)
-    assert not await client.health()
+
+
+async def test_gateway_down(gateway):
+    async with gateway.client() as client:
+        assert await client.health()
+        await trio.to_thread.run_sync(gateway.stop)
+        assert not await client.health()
     async with GatewayClient(gateway.url, retries=1) as down:
         with pytest.raises(GatewayUnavailable) as info:
             await down.put_bytes(b"data")

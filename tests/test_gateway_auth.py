@@ -60,17 +60,17 @@ VALIDATION_CASES = [
 ]
 
 
-async def test_auth_validation(gateway):
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def test_auth_validation(module_gateway):
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         for payload, message in VALIDATION_CASES:
             response = await http.post("/auth", json=payload)
             assert response.status_code == 400, payload
             assert response.json() == {"errorCode": 400, "description": message}, payload
 
 
-async def test_auth_body_must_be_json(gateway):
+async def test_auth_body_must_be_json(module_gateway):
     """As body-parser: a non-JSON content type leaves the body empty."""
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         response = await http.post("/auth", content=json.dumps({"app": APP, "permissions": []}),
                                    headers={"Content-Type": "text/plain"})
     assert response.status_code == 400
@@ -156,9 +156,9 @@ async def test_admin_secret_approves_at_once_and_same_app_shares_a_session(gatew
             assert (await http.get("/auth", headers=bearer(token))).status_code == status
 
 
-async def test_token_checks(gateway):
-    token = gateway.authorise()
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def test_token_checks(module_gateway):
+    token = module_gateway.authorise()
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         missing = await http.get("/auth")
         assert missing.status_code == 401
         assert missing.json() == {"errorCode": 400, "description": "Unauthorised"}
@@ -192,9 +192,9 @@ async def test_tokens_survive_restart(gateway):
         await client.drop_writer(writer)
 
 
-async def test_permissions_are_enforced(gateway):
-    no_lla = gateway.authorise(permissions=())
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def test_permissions_are_enforced(module_gateway):
+    no_lla = module_gateway.authorise(permissions=())
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         anonymous = await http.get("/immutable-data/writer")
         assert anonymous.status_code == 401
         assert anonymous.json() == {"errorCode": 400, "description": "Unauthorised access"}
@@ -204,9 +204,9 @@ async def test_permissions_are_enforced(gateway):
                                     "description": "Low level api access is not granted"}
 
 
-async def test_prefixes_health_and_unknown_routes(gateway):
-    token = gateway.authorise()
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def test_prefixes_health_and_unknown_routes(module_gateway):
+    token = module_gateway.authorise()
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         for prefix in ("", "/0.5", "/0.6"):
             assert (await http.get(f"{prefix}/health")).text == "OK"
             assert (await http.get(f"{prefix}/auth", headers=bearer(token))).status_code == 200
@@ -217,8 +217,8 @@ async def test_prefixes_health_and_unknown_routes(gateway):
             assert response.json() == {"errorCode": 404, "description": "Endpoint Not Found"}
 
 
-async def test_admin_endpoints_need_the_secret(gateway):
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def test_admin_endpoints_need_the_secret(module_gateway):
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         for method, path in (("GET", "/admin/apps"), ("GET", "/admin/auth-requests"),
                              ("DELETE", "/admin/apps/x"),
                              ("POST", "/admin/auth-requests/x/approve")):
@@ -251,8 +251,8 @@ async def test_shutdown_answers_waiting_requests(gateway):
     assert not (gateway.env.data_dir / "run" / "gateway.json").exists()
 
 
-async def test_client_typed_errors(gateway):
-    async with GatewayClient(gateway.url, "not.a.token", retries=0) as client:
+async def test_client_typed_errors(module_gateway):
+    async with GatewayClient(module_gateway.url, "not.a.token", retries=0) as client:
         with pytest.raises(Unauthorized) as info:
             await client.new_writer()
         assert info.value.status == 401

@@ -60,14 +60,21 @@ class Api:
 
 
 @pytest.fixture
-async def http(gateway):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+async def http(module_gateway):
+    async with httpx.AsyncClient(base_url=module_gateway.url, timeout=60) as http:
         yield http
 
 
 @pytest.fixture
-def api(gateway, http) -> Api:
-    return Api(http, gateway.authorise())
+def api(module_gateway, http) -> Api:
+    return Api(http, module_gateway.authorise())
+
+
+@pytest.fixture
+async def own_api(gateway):
+    """An Api on a gateway of the test's own (for tests that stop it or set flags)."""
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        yield Api(http, gateway.authorise())
 
 
 async def test_write_close_read(api, http):
@@ -200,7 +207,7 @@ async def test_missing_data_is_404(api):
     assert (await api.call("GET", f"/immutable-data/reader/{data_id}")).status_code == 404
 
 
-async def test_symmetric_data_opens_only_for_its_app(gateway, api, http):
+async def test_symmetric_data_opens_only_for_its_app(module_gateway, api, http):
     data_id = await api.store(CONTENT, "SYMMETRIC")
     serialised = (await api.call("GET", f"/data-id/{data_id}")).content
     reader, _ = await api.reader(data_id)
@@ -213,16 +220,18 @@ async def test_symmetric_data_opens_only_for_its_app(gateway, api, http):
                                "description": "FfiError::OperationForbiddenForApp"}
 
     other_app = {"name": "other", "id": "other.app", "vendor": "x", "version": "1"}
-    other = Api(http, gateway.authorise(app=other_app))
+    other = Api(http, module_gateway.authorise(app=other_app))
     other_id = await other.handle("POST", "/data-id", content=serialised)
     response = await other.call("GET", f"/immutable-data/reader/{other_id}")
     assert response.json() == {"errorCode": -4,
                                "description": "CoreError::SymmetricDecipherFailure"}
 
 
-async def test_handles_belong_to_their_session(gateway, api, http):
-    other = Api(http, gateway.authorise(app={"name": "b", "id": "b", "vendor": "b",
-                                             "version": "1"}))
+async def test_handles_belong_to_their_session(module_gateway, http):
+    api = Api(http, module_gateway.authorise(app={"name": "a", "id": "a", "vendor": "a",
+                                                  "version": "1"}))
+    other = Api(http, module_gateway.authorise(app={"name": "b", "id": "b", "vendor": "b",
+                                                    "version": "1"}))
     writer = await api.handle("GET", "/immutable-data/writer")
     for method, path in (("POST", f"/immutable-data/{writer}"),
                          ("PUT", f"/immutable-data/{writer}/PLAIN"),
@@ -242,12 +251,13 @@ async def test_handles_belong_to_their_session(gateway, api, http):
     assert (await other.call("GET", f"/immutable-data/{public_reader}")).content == CONTENT
     # Revoking an app drops its handles.
     assert (await api.call("DELETE", "/auth")).status_code == 200
-    other_token_api = Api(http, gateway.authorise())
+    other_token_api = Api(http, module_gateway.authorise())
     assert (await other_token_api.call("GET", f"/immutable-data/{reader}")).json() == INVALID_SE
 
 
 @pytest.mark.gateway_args("--handle-capacity", "3")
-async def test_lru_eviction(api):
+async def test_lru_eviction(gateway, own_api):
+    api = own_api
     writers = [await api.handle("GET", "/immutable-data/writer") for _ in range(3)]
     # Using the oldest makes the second the least recently used.
     assert (await api.call("POST", f"/immutable-data/{writers[0]}", content=b"a")
@@ -259,22 +269,19 @@ async def test_lru_eviction(api):
         assert (await api.call("POST", f"/immutable-data/{handle}", content=b"a")
                 ).status_code == 200
     # Evicting a writer deletes its spool file.
-    spool = api_spool_files(api)
-    assert len(spool) == 3
-
-
-def api_spool_files(api: Api) -> list[str]:
-    return os.listdir(os.path.join(os.environ["XDG_DATA_HOME"], "safefs", "spool"))
+    assert len(os.listdir(gateway.env.data_dir / "spool")) == 3
 
 
 @pytest.mark.gateway_args("--shared-handles")
-async def test_shared_handles_mode(api, http):
+async def test_shared_handles_mode(own_api):
     """The launcher's behaviour, for its test suite: any caller may use any handle."""
-    reader, _ = await api.reader(await api.store(CONTENT))
-    assert (await Api(http, None).call("GET", f"/immutable-data/{reader}")).content == CONTENT
+    reader, _ = await own_api.reader(await own_api.store(CONTENT))
+    anonymous = Api(own_api.http, None)
+    assert (await anonymous.call("GET", f"/immutable-data/{reader}")).content == CONTENT
 
 
-async def test_streamed_reads_do_not_hold_up_shutdown(gateway, api):
+async def test_streamed_reads_do_not_hold_up_shutdown(gateway, own_api):
+    api = own_api
     """A keep-alive connection that served a stream closes as soon as the gateway stops."""
     reader, _ = await api.reader(await api.store(CONTENT))
     assert (await api.call("GET", f"/immutable-data/{reader}")).content == CONTENT
@@ -283,7 +290,8 @@ async def test_streamed_reads_do_not_hold_up_shutdown(gateway, api):
     assert await trio.to_thread.run_sync(gateway.proc.wait, 15) == 0
 
 
-async def test_shutdown_lets_an_upload_finish(gateway, api):
+async def test_shutdown_lets_an_upload_finish(gateway, own_api):
+    api = own_api
     """SIGTERM during an append: the append completes, then the gateway exits cleanly."""
     writer = await api.handle("GET", "/immutable-data/writer")
     half_sent, resume = trio.Event(), trio.Event()

@@ -25,19 +25,19 @@ NOT_GRANTED = error(400, "Low level api access is not granted")
 
 
 @pytest.fixture
-async def http(gateway):
-    async with httpx.AsyncClient(base_url=gateway.url) as http:
+async def http(module_gateway):
+    async with httpx.AsyncClient(base_url=module_gateway.url) as http:
         yield http
 
 
 @pytest.fixture
-def lla(gateway) -> dict[str, str]:
-    return bearer(gateway.authorise())
+def lla(module_gateway) -> dict[str, str]:
+    return bearer(module_gateway.authorise())
 
 
 @pytest.fixture
-def no_lla(gateway) -> dict[str, str]:
-    return bearer(gateway.authorise(permissions=()))
+def no_lla(module_gateway) -> dict[str, str]:
+    return bearer(module_gateway.authorise(permissions=()))
 
 
 async def test_cipher_opts(http, lla, no_lla):
@@ -123,7 +123,7 @@ async def test_data_id_validation(http, lla, no_lla):
     assert (forbidden.status_code, forbidden.json()) == (403, NOT_GRANTED)
 
 
-async def test_sign_keys(http, lla, no_lla, safefs_env):
+async def test_sign_keys(http, lla, no_lla):
     account = Account.load()
     for path in ("/sign-key/", "/sign-key", "/0.5/sign-key/"):
         handle = (await http.get(path, headers=lla)).json()["handleId"]
