@@ -316,3 +316,14 @@ async def test_shutdown_lets_an_upload_finish(gateway, own_api):
         resume.set()
     assert (result["response"].status_code, result["response"].text) == (200, "OK")
     assert await trio.to_thread.run_sync(gateway.proc.wait, 15) == 0
+
+
+async def test_handles_of_a_previous_run_stay_invalid(gateway, own_api):
+    """Tokens survive a restart, so stale handle numbers must not reach new objects."""
+    api = own_api
+    reader, _ = await api.reader(await api.store(b"before the restart"))
+    await trio.to_thread.run_sync(gateway.restart)
+    for _ in range(5):
+        await api.reader(await api.store(os.urandom(100)))
+    response = await api.call("GET", f"/immutable-data/{reader}")
+    assert (response.status_code, response.json()) == (400, INVALID_SE)

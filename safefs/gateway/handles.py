@@ -1,9 +1,14 @@
 """Handle tables: u64 ids for objects that apps build up over several requests.
 
-As in safe_core's object cache, one counter numbers handles of every kind (0, 1, 2, ...; never
-reused while the gateway runs) and each kind is an LRU with its own capacity: adding past the
-capacity silently evicts the least recently used object of that kind, and using an evicted,
-dropped, unknown or malformed handle is the kind's "invalid handle" error.
+As in safe_core's object cache, one counter numbers handles of every kind (never reused while
+the gateway runs) and each kind is an LRU with its own capacity: adding past the capacity
+silently evicts the least recently used object of that kind, and using an evicted, dropped,
+unknown or malformed handle is the kind's "invalid handle" error.
+
+Unlike safe_core's counter, which started at 0, ours starts at a random number below 2**52:
+tokens survive a restart, so a client still holding a handle of the previous run must get the
+invalid-handle error rather than the object that now has its number. 2**52 keeps every handle
+exact in a JavaScript number.
 
 Unlike the launcher, a handle belongs to the session that made it: another token, or a request
 without one, gets the invalid-handle error (a reader of SYMMETRIC data must not open to whoever
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1000
 _U64_MAX = 2**64 - 1
+_FIRST_HANDLE_LIMIT = 2**52
 
 
 class Kind(enum.Enum):
@@ -83,7 +90,7 @@ class Handles:
             capacity = {kind: capacity for kind in Kind}
         self._capacity = {kind: capacity.get(kind, DEFAULT_CAPACITY) for kind in Kind}
         self._tables: dict[Kind, OrderedDict[int, _Entry]] = {k: OrderedDict() for k in Kind}
-        self._next = 0
+        self._next = secrets.randbelow(_FIRST_HANDLE_LIMIT)
 
     def add(self, kind: Kind, owner: str | None, obj: Any,
             release: Callable[[], None] | None = None) -> int:
