@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -28,6 +29,7 @@ from nacl.public import PrivateKey
 from safefs import errors, model, selfenc
 from safefs.errors import SafeError
 from safefs.model import CipherOpts, XorName
+from safefs.store import ChunkCorrupted, ChunkNotFound, Store
 
 from .core import ChunkCache
 
@@ -37,14 +39,14 @@ _DATAMAP = 0x00
 _INLINE = 0x01
 
 
-def _store_root(store, envelope: bytes, opts: CipherOpts) -> XorName:
+def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
     root = model.encrypt(opts, envelope)
     name = blake3.blake3(root).digest()
     store.put_chunk(name, root)
     return XorName(name)
 
 
-def store_file(store, path: Path, opts: CipherOpts,
+def store_file(store: Store, path: Path, opts: CipherOpts,
                settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS, threads: int = 2) -> XorName:
     """Self-encrypt the file at ``path`` into the store; the ImmutableData's name."""
     if os.stat(path).st_size < selfenc.MIN_ENCRYPTABLE_BYTES:
@@ -53,7 +55,7 @@ def store_file(store, path: Path, opts: CipherOpts,
     return _store_root(store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
 
 
-def store_bytes(store, data: bytes, opts: CipherOpts,
+def store_bytes(store: Store, data: bytes, opts: CipherOpts,
                 settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS) -> XorName:
     """Self-encrypt in-memory ``data`` into the store; the ImmutableData's name."""
     if len(data) < selfenc.MIN_ENCRYPTABLE_BYTES:
@@ -69,7 +71,7 @@ class Blob:
     through a chunk in small steps decrypt it once.
     """
 
-    def __init__(self, store, cache: ChunkCache, name: bytes, sym_key: bytes | None = None,
+    def __init__(self, store: Store, cache: ChunkCache, name: bytes, sym_key: bytes | None = None,
                  box_keypair: PrivateKey | None = None) -> None:
         root = _chunk_getter(store)(name)
         envelope = model.decrypt(root, sym_key, box_keypair)
@@ -118,9 +120,7 @@ class Blob:
         return data
 
 
-def _chunk_getter(store):
-    from safefs.store import ChunkCorrupted, ChunkNotFound
-
+def _chunk_getter(store: Store) -> Callable[[bytes], bytes]:
     def get_chunk(name: bytes) -> bytes:
         try:
             return store.get_chunk(name)

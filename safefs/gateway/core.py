@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from safefs import paths, selfenc
+from safefs.keys import Account
+from safefs.store import Store, open_store
 
 from . import read_admin_secret
 from .handles import DEFAULT_CAPACITY, Handles
@@ -30,9 +32,6 @@ from .state import open_state_db
 
 if TYPE_CHECKING:
     import sqlite3
-
-    from safefs.keys import Account
-    from safefs.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,6 @@ class Gateway:
     @classmethod
     def open(cls, store_url: str, settings: GatewaySettings) -> Gateway:
         """Open the store, the account (created on first use), the state and the admin secret."""
-        from safefs.store import open_store
-
         store = open_store(store_url)
         try:
             account = load_or_create_account()
@@ -155,8 +152,6 @@ def ensure_admin_secret() -> str:
 
 def load_or_create_account() -> Account:
     """The account of this device; a new one is created the first time (as ``safefs mount``)."""
-    from safefs.keys import Account
-
     path = paths.account_key_file()
     if path.exists():
         return Account.load(path)

@@ -41,6 +41,7 @@ from starlette.types import Receive, Scope, Send
 from safefs import errors
 from safefs.errors import SafeError
 from safefs.gateway import ADMIN_HEADER
+from safefs.store import StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from .core import Gateway
@@ -106,8 +107,6 @@ def error_response(exc: Exception) -> Response:
         return error_json(exc.status, exc.error_code, exc.description)
     if isinstance(exc, SafeError):
         return JSONResponse(exc.to_json(), status_code=exc.http_status)
-    from safefs.store import StoreFull, StoreUnavailable
-
     if isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc)
         return JSONResponse(SafeError(errors.NETWORK_OTHER).to_json(), status_code=503)
