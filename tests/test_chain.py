@@ -47,7 +47,6 @@ class ChainKey:
     url: str
     key: str
     secret: str
-    verify: bool | str = True
 
     def call(self, method: str, path: str, resource: str = "", *, date: str | None = None,
              sign_as: tuple[str, str] | None = None, secret: str | None = None,
@@ -58,8 +57,7 @@ class ChainKey:
         signature = sign(secret or self.secret, signed_method, signed_resource, date)
         all_headers = {"Authorization": f"ALTR {self.key}:{signature}", "X-ALTR-DATE": date,
                        **(headers or {})}
-        return httpx.request(method, self.url + path, headers=all_headers, verify=self.verify,
-                             timeout=60, **kwargs)
+        return httpx.request(method, self.url + path, headers=all_headers, timeout=60, **kwargs)
 
     def put(self, data, headers: dict[str, str] | None = None) -> httpx.Response:
         return self.call("POST", "/api/v1/single/", content=data,

@@ -218,8 +218,8 @@ def authenticate(request: Request, keys: KeyStore) -> ApiKey:
         raise unauthorized(f"The {DATE_HEADER} header is missing.")
     when = apikeys.parse_date(date)
     if when is None:
-        raise unauthorized(f"{DATE_HEADER} is not an HTTP-date, an ISO 8601 date or "
-                           "MM-DD-YYYY HH:MM:SS.")
+        raise unauthorized(f"{DATE_HEADER} is not an HTTP-date, ISO 8601, MM-DD-YYYY HH:MM:SS "
+                           "or JavaScript's Date.toString().")
     if not apikeys.date_is_current(when):
         raise unauthorized(f"{DATE_HEADER} is more than 15 minutes from the gateway's clock.")
     key_id, signature = credentials
@@ -247,7 +247,7 @@ async def put_data(call: ChainCall) -> Response:
     if room is not None and int(headers.get("content-length", 0)) > room:
         raise bad_request(CAP_EXCEEDED)
     metadata = header_text(headers, METADATA_HEADER)
-    spool = await trio.to_thread.run_sync(new_spool, call.gateway.spool_dir)
+    spool = await call.gateway.run_sync(new_spool, call.gateway.spool_dir)
     try:
         size, md5 = await _spool(call.request.stream(), spool, limit, room)
         if not keys.reserve(org, size):
