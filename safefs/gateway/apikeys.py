@@ -249,6 +249,5 @@ def parse_date(text: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def date_is_current(date: datetime, now: datetime | None = None) -> bool:
-    now = now or datetime.now(UTC)
-    return abs(now - date) <= DATE_WINDOW
+def date_is_current(date: datetime) -> bool:
+    return abs(datetime.now(UTC) - date) <= DATE_WINDOW
