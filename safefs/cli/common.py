@@ -54,8 +54,12 @@ def admin_secret() -> str:
 
 
 @contextmanager
-def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A progress callback (bytes done so far += n) drawing on a terminal, silent otherwise."""
+def progress_bar(total: int, label: str,
+                 finishing: str = "") -> Iterator[Callable[[int], None]]:
+    """A progress callback (bytes done so far += n) drawing on a terminal, silent otherwise.
+
+    ``finishing`` is shown once every byte is through, while the work ends (e.g. encrypting).
+    """
     if not sys.stderr.isatty():
         yield lambda n: None
         return
@@ -67,8 +71,10 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
         width = 30
         filled = int(fraction * width)
         rate = done / max(time.monotonic() - started, 1e-6)
+        status = f"{finishing}..." if finishing and done >= total and not final else ""
         sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{fraction:6.1%} {_human(done)}/{_human(total)} {_human(rate)}/s ")
+                         f"{fraction:6.1%} {_human(done)}/{_human(total)} {_human(rate)}/s "
+                         f"{status:<16}")
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -77,7 +83,7 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
         nonlocal done, last_draw
         done += n
         now = time.monotonic()
-        if now - last_draw >= 0.1:
+        if now - last_draw >= 0.1 or done >= total:
             last_draw = now
             draw()
 

@@ -71,7 +71,7 @@ async def _put(args: argparse.Namespace) -> None:
     if not args.file.is_file():
         raise QuietError(f"{args.file}: not a regular file")
     async with await _client(args, need_token=True) as client:
-        with progress_bar(size, f"put {args.file.name}") as progress:
+        with progress_bar(size, f"put {args.file.name}", finishing="encrypting") as progress:
             data_id = await client.put_file(args.file, args.cipher.upper(), progress)
     encoded = base64.b64encode(data_id).decode()
     if args.json:
