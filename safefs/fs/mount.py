@@ -38,6 +38,7 @@ from safefs.fs.meta import ROOT_INODE, Metadata
 from safefs.fs.operations import Operations
 from safefs.fs.remote import Remote
 from safefs.fs.sync import SyncTask
+from safefs.sdnotify import sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,6 @@ def cache_dir_for(mountpoint: Path) -> Path:
     """The cache directory of one mount point (metadata, cache files, log)."""
     key = hashlib.sha256(os.fsencode(mountpoint.resolve())).hexdigest()[:16]
     return paths.cache_dir() / "mounts" / key
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (or whoever set NOTIFY_SOCKET) about our state; a no-op otherwise."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
 
 
 def run(options: MountOptions) -> None:

@@ -18,6 +18,8 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config
 
+from safefs.sdnotify import sd_notify
+
 from . import remove_info, write_info
 from .app import create_app
 from .core import Gateway, GatewaySettings
@@ -84,6 +86,7 @@ async def serve(store_url: str, listen: str, settings: GatewaySettings, *,
             url = urls[0]
             write_info(url)
             log.info("gateway listening on %s (store %s)", url, store_url)
+            sd_notify("READY=1")  # systemd (Type=notify): clients may connect from now on
             task_status.started(url)
         log.info("gateway stopped")
     finally:
@@ -100,5 +103,6 @@ async def _watch_signals(gateway: Gateway, stop: trio.Event, scope: trio.CancelS
                 return
             log.info("%s: finishing in-flight requests, then stopping",
                      signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
             gateway.auth_requests.cancel_all()
             stop.set()
