@@ -221,21 +221,24 @@ def path_segments(world: World) -> st.SearchStrategy[str]:
 Credentials = Callable[[str, str], dict[str, str]]
 
 
-def credentials(world: World) -> st.SearchStrategy[Credentials]:
-    """Headers for a request, as a function of its method and chainAPI resource."""
+def credentials(world: World, live: bool = True) -> st.SearchStrategy[Credentials]:
+    """Headers for a request, as a function of its method and chainAPI resource.
+
+    ``live=False`` leaves out the fuzzing's own session (for the route that would revoke it).
+    """
     bad = [
         {}, bearer(world.plain_token), bearer(world.revoked_token), {"Authorization": "Bearer"},
-        bearer("a.b.c"), {"Authorization": "bearer " + world.lla_token},
-        bearer(world.lla_token[:-3]), bearer(world.lla_token + "."),
+        bearer("a.b.c"), bearer(world.lla_token[:-3]), bearer(world.lla_token + "."),
         {"Authorization": "Basic Zm9vOmJhcg=="}, {"Authorization": f"ALTR {world.chain_key}:AAAA"},
         {"Authorization": "ALTR :"}, {ADMIN_HEADER: world.admin_secret},
         {ADMIN_HEADER: "0" * 64}, {ADMIN_HEADER: ""},
     ]
-    lla = bearer(world.lla_token)
+    # The launcher read the scheme case-insensitively.
+    lla = st.sampled_from([bearer(world.lla_token), {"Authorization": f"bearer {world.lla_token}"}])
     signed = now_dates().map(lambda date: lambda method, resource: {
         "Authorization": world.chain_signature(method, resource, date), "X-ALTR-DATE": date})
     return weighted(
-        (3, st.just(lambda method, resource: lla)),
+        (3 if live else 0, lla.map(lambda headers: lambda method, resource: headers)),
         (2, signed),
         (2, st.sampled_from(bad).map(lambda headers: lambda method, resource: headers)),
         (1, header_text.map(lambda value: lambda method, resource: {"Authorization": value})),
@@ -281,7 +284,7 @@ def route_requests(draw: st.DrawFn, world: World) -> FuzzRequest:
     values: dict[str, str] = {}
     path = PATH_PARAM.sub(lambda m: values.setdefault(m[1], draw(path_segments(world))),
                           template)
-    sign = draw(credentials(world))
+    sign = draw(credentials(world, live=(method, template) != REVOKE_CALLER))
     headers = {**sign(method, unquote(values.get("token", ""))), **draw(extra_headers)}
     return FuzzRequest(method, draw(st.sampled_from(PREFIXES)) + path, sendable(headers),
                        draw(bodies(world)), draw(st.booleans()))
@@ -294,8 +297,8 @@ def stray_requests(draw: st.DrawFn, world: World) -> FuzzRequest:
         ["immutable-data", "structured-data", "appendable-data", "api", "v1", "admin", ""]),
         max_size=6))
     path = draw(st.sampled_from(PREFIXES)) + "/" + "/".join(segments)
-    sign = draw(credentials(world))
     method = draw(st.sampled_from(METHODS))
+    sign = draw(credentials(world, live=method != REVOKE_CALLER[0]))
     return FuzzRequest(method, path, sendable({**sign(method, ""), **draw(extra_headers)}),
                        draw(bodies(world)))
 
