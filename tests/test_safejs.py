@@ -191,3 +191,11 @@ async def test_appendable_data_append_and_read(driven: dict, launcher: GatewayPr
         sign_key = await client.sign_key()
         user_key = (await client.request("GET", f"/sign-key/serialise/{sign_key}")).content
     assert base64.b64decode(appendable["appenderKey"]) == user_key
+
+
+def test_private_inbox_message_sealed_to_its_owner(driven: dict):
+    """SAFE Mail's flow: encrypt key of a private AppendableData, ASYMMETRIC cipher opts,
+    append, and the owner opens the entry."""
+    inbox = section(driven, "privateInbox")
+    assert inbox["dataLength"] == 1
+    assert inbox["read"] == inbox["written"]

@@ -10,9 +10,10 @@
  * http://127.0.0.1:40123/0.5/) the exported SERVER constant of safe-js/dist/utils.js is replaced
  * before the other safe-js modules read it; nothing under node_modules is modified.
  *
- * Each section (auth, immutable, symmetric, structured, appendable) runs on its own: a failure
- * is recorded as {"error", "trace"} in that section and the others still run. The trace lists
- * every HTTP request the section made with its status, so a failure names the exact call.
+ * Each section (auth, immutable, symmetric, structured, appendable, privateInbox) runs on its
+ * own: a failure is recorded as {"error", "trace"} in that section and the others still run.
+ * The trace lists every HTTP request the section made with its status, so a failure names the
+ * exact call.
  */
 
 const crypto = require('crypto');
@@ -91,12 +92,12 @@ async function auth() {
   };
 }
 
-async function writeImmutable(token, parts, encType) {
+async function writeImmutable(token, parts, encType, encryptKey) {
   const writer = (await safe.immutableData.getWriterHandle(token)).handleId;
   for (const part of parts) {
     await safe.immutableData.write(token, writer, part);
   }
-  const cipher = (await safe.cipherOpts.getHandle(token, encType)).handleId;
+  const cipher = (await safe.cipherOpts.getHandle(token, encType, encryptKey)).handleId;
   const dataId = (await safe.immutableData.closeWriter(token, writer, cipher)).handleId;
   await safe.immutableData.dropWriter(token, writer);
   await safe.cipherOpts.dropHandle(token, cipher);
@@ -246,6 +247,29 @@ async function appendable(token) {
   };
 }
 
+/** The SAFE Mail flow: a message sealed to a private inbox's key, appended, read by the owner. */
+async function privateInbox(token) {
+  const name = 'safe-js private inbox ' + crypto.randomBytes(8).toString('hex');
+  const message = 'sealed to the inbox owner ' + crypto.randomBytes(4).toString('hex');
+  const handle = (await safe.appendableData.create(token, name, true)).handleId;
+  await safe.appendableData.put(token, handle);
+  const encryptKey = (await safe.appendableData.getEncryptKey(token, handle)).handleId;
+  const dataId = await writeImmutable(token, [Buffer.from(message)], 'ASYMMETRIC', encryptKey);
+  await safe.appendableData.dropEncryptKeyHandle(token, encryptKey);
+  await safe.appendableData.append(token, handle, dataId);
+  await safe.dataId.dropHandle(token, dataId);
+  const inboxId = (await safe.appendableData.getDataIdHandle(token, handle)).handleId;
+  await safe.appendableData.dropHandle(token, handle);
+
+  const fetched = await safe.appendableData.getHandle(token, inboxId);
+  const entryId = (await safe.appendableData.getDataIdAt(token, fetched.handleId, 0)).handleId;
+  const read = await readImmutable(token, entryId);
+  await safe.dataId.dropHandle(token, entryId);
+  await safe.appendableData.dropHandle(token, fetched.handleId);
+  await safe.dataId.dropHandle(token, inboxId);
+  return { dataLength: fetched.dataLength, written: message, read: read.content.toString() };
+}
+
 async function section(run) {
   trace = [];
   try {
@@ -266,6 +290,7 @@ async function main() {
     results.symmetric = await section(() => symmetric(token));
     results.structured = await section(() => structured(token));
     results.appendable = await section(() => appendable(token));
+    results.privateInbox = await section(() => privateInbox(token));
   }
   process.stdout.write(JSON.stringify(results) + '\n');
 }
