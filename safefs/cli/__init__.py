@@ -21,7 +21,7 @@ __all__ = ["COMMAND_MODULES", "QuietError", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-COMMAND_MODULES = ["gateway", "apps", "account", "data", "mount", "keys"]
+COMMAND_MODULES = ["gateway", "apps", "account", "data", "mount", "keys", "service"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from safefs.client import GatewayError
+    from safefs.sdnotify import stderr_is_journal
 
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
+    stamp = "" if stderr_is_journal() else "%(asctime)s "  # the journal stamps lines itself
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0
     except QuietError as exc:
