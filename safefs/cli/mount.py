@@ -81,6 +81,10 @@ def _mount(args: argparse.Namespace) -> None:
         raise QuietError(f"{mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise QuietError(f"{mountpoint} is already a mount point")
+    from safefs.fs.cache import MIN_CACHE_SIZE
+
+    if args.cache_size < MIN_CACHE_SIZE:
+        raise QuietError(f"--cache-size must be at least {MIN_CACHE_SIZE >> 20}M")
     if args.foreground:
         _run_foreground(args, mountpoint)
     else:

@@ -21,8 +21,9 @@ import ctypes
 import errno
 import logging
 import os
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -45,7 +46,7 @@ MAX_OPEN_FILES = 128
 READ_AHEAD_BLOCKS = 8
 #: Concurrent block fetches.
 FETCH_CONNECTIONS = 4
-#: The smallest cache that still holds a few blocks per concurrent reader.
+#: The smallest cache worth mounting with: a few blocks per concurrent reader.
 MIN_CACHE_SIZE = 64 * BLOCK_SIZE
 
 
@@ -67,12 +68,14 @@ class FileCache:
                  nursery: trio.Nursery) -> None:
         self.meta = meta
         self.directory = directory
-        self.limit = max(limit, MIN_CACHE_SIZE)
+        self.limit = limit
         self._fetch = fetch
         self._nursery = nursery
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._in_flight: dict[tuple[int, int], trio.Event] = {}
         self._fetch_limiter = trio.CapacityLimiter(FETCH_CONNECTIONS)
+        self._pins: Counter[tuple[int, int]] = Counter()
+        self._over_limit = False
         self._allocated: dict[int, int] = {}
         self.usage = 0
         self.lru: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -121,22 +124,37 @@ class FileCache:
         end = min(offset + length, size)
         if offset >= end:
             return b""
-        await self.ensure_present(inode, offset, end)
-        if read_ahead:
-            self._read_ahead(inode, end)
-        # No await since ensure_present returned: the blocks are still there.
-        ino = self.meta.get(inode)
-        end = min(end, ino.size)
-        data = os.pread(self._fd(inode), max(end - offset, 0), offset)
+        with self._pinned(inode, offset, end):
+            await self.ensure_present(inode, offset, end)
+            if read_ahead:
+                self._read_ahead(inode, end)
+            # No await since ensure_present returned: the blocks are still there.
+            end = min(end, self.meta.get(inode).size)
+            data = os.pread(self._fd(inode), max(end - offset, 0), offset)
         for block in range(offset // BLOCK_SIZE, blocks_in(end)):
             if (inode, block) in self.lru:
                 self.lru.move_to_end((inode, block))
+        self._evict()
         return data
 
     async def ensure_present(self, inode: int, start: int, end: int) -> None:
         """Fetch the missing blocks that hold ``[start, end)``."""
-        while missing := self._missing(inode, start, end):
-            await self._fetch_blocks(inode, missing)
+        with self._pinned(inode, start, end):
+            while missing := self._missing(inode, start, end):
+                await self._fetch_blocks(inode, missing)
+
+    @contextmanager
+    def _pinned(self, inode: int, start: int, end: int) -> Iterator[None]:
+        """Keep eviction away from blocks a caller is about to use."""
+        keys = [(inode, block) for block in range(start // BLOCK_SIZE, blocks_in(end))]
+        self._pins.update(keys)
+        try:
+            yield
+        finally:
+            self._pins.subtract(keys)
+            for key in keys:
+                if self._pins[key] <= 0:
+                    del self._pins[key]
 
     async def _fetch_blocks(self, inode: int, blocks: list[int]) -> None:
         """Fetch blocks concurrently; the first failure is raised as itself (no group)."""
@@ -303,11 +321,16 @@ class FileCache:
 
     def _evict(self) -> None:
         """Drop least recently used clean blocks until the cache fits its limit again."""
-        target = self.limit * 9 // 10
         if self.usage <= self.limit:
             return
-        while self.usage > target and self.lru:
+        target = self.limit * 9 // 10
+        for _ in range(len(self.lru)):
+            if self.usage <= target or not self.lru:
+                break
             (inode, block), _ = self.lru.popitem(last=False)
+            if (inode, block) in self._pins:
+                self.lru[(inode, block)] = None  # in use: look at it again later
+                continue
             self._lru_by_inode.get(inode, set()).discard(block)
             fd = self._fd(inode)
             try:
@@ -322,9 +345,11 @@ class FileCache:
                 return
             self.meta.drop_cached_blocks(inode, [block])
             self._account(inode, fd)
-        if self.usage > self.limit:
+        over = self.usage > self.limit
+        if over and not self._over_limit:
             log.info("cache holds %d MiB, over its %d MiB limit, in changes not uploaded yet",
                      self.usage >> 20, self.limit >> 20)
+        self._over_limit = over
 
 
 def _fsync_dir(path: Path) -> None:

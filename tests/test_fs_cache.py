@@ -1,0 +1,132 @@
+"""The write-back cache: block fetching, read-modify-write, truncation, eviction."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from safefs.fs.cache import FileCache
+from safefs.fs.dirrecord import Ref
+from safefs.fs.meta import BLOCK_SIZE, ROOT_INODE, Metadata
+
+CONTENT = random.Random(1).randbytes(5 * BLOCK_SIZE + 1234)
+
+
+class Source:
+    """Uploaded content kept inline (the INLINE content reference), counting fetches."""
+
+    def __init__(self) -> None:
+        self.fetched: list[int] = []
+
+    async def fetch(self, ref: int, data: bytes, start: int, end: int) -> bytes:
+        assert ref == Ref.INLINE
+        self.fetched.append(start // BLOCK_SIZE)
+        await trio.sleep(0)
+        return data[start:end]
+
+
+@pytest.fixture
+def meta(tmp_path: Path) -> Metadata:
+    meta = Metadata(tmp_path / "meta.sqlite", (os.getuid(), os.getgid()))
+    meta.init_root(b"r" * 32)
+    yield meta
+    meta.close()
+
+
+def uploaded_file(meta: Metadata, cache: FileCache, content: bytes = CONTENT) -> int:
+    """A clean file whose content is only at the source (nothing cached)."""
+    ino = meta.create(ROOT_INODE, b"f", stat.S_IFREG | 0o644, 0, 0)
+    assert meta.mark_uploaded(ino.id, ino.generation, Ref.INLINE, content, len(content), 0)
+    meta.db.execute("UPDATE inodes SET size=? WHERE id=?", (len(content), ino.id))
+    meta.drop_cached_blocks(ino.id)
+    cache.drop(ino.id)
+    return ino.id
+
+
+async def test_reads_fetch_only_the_blocks_they_need(meta: Metadata, tmp_path: Path) -> None:
+    source = Source()
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, source.fetch, nursery)
+        inode = uploaded_file(meta, cache)
+        offset = 2 * BLOCK_SIZE + 10
+        assert await cache.read(inode, offset, 100) == CONTENT[offset:offset + 100]
+        assert source.fetched == [2] and meta.cached_blocks(inode) == {2}
+        assert await cache.read(inode, offset, 100) == CONTENT[offset:offset + 100]
+        assert source.fetched == [2]  # served from the cache now
+        tail = len(CONTENT) - 50
+        assert await cache.read(inode, tail, 1000) == CONTENT[tail:]
+        assert await cache.read(inode, len(CONTENT), 10) == b""
+
+
+async def test_read_ahead_for_sequential_readers(meta: Metadata, tmp_path: Path) -> None:
+    source = Source()
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, source.fetch, nursery)
+        inode = uploaded_file(meta, cache)
+        await cache.read(inode, 0, 4096, read_ahead=True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert meta.cached_blocks(inode) == set(range(6))
+
+
+async def test_writes_fetch_partial_blocks_first(meta: Metadata, tmp_path: Path) -> None:
+    source = Source()
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, source.fetch, nursery)
+        inode = uploaded_file(meta, cache)
+        expected = bytearray(CONTENT)
+        # inside block 1: read-modify-write
+        await cache.write(inode, BLOCK_SIZE + 5, b"hello")
+        expected[BLOCK_SIZE + 5:BLOCK_SIZE + 10] = b"hello"
+        assert source.fetched == [1]
+        # the whole of block 3: nothing to fetch
+        whole = b"w" * BLOCK_SIZE
+        await cache.write(inode, 3 * BLOCK_SIZE, whole)
+        expected[3 * BLOCK_SIZE:4 * BLOCK_SIZE] = whole
+        assert source.fetched == [1]
+        # past the end: a sparse extension
+        await cache.write(inode, len(CONTENT) + 100, b"end")
+        expected += bytes(100) + b"end"
+        assert meta.get(inode).dirty
+        assert await cache.read(inode, 0, len(expected) + 10) == bytes(expected)
+
+
+async def test_truncation_makes_cut_bytes_zeros(meta: Metadata, tmp_path: Path) -> None:
+    source = Source()
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, source.fetch, nursery)
+        inode = uploaded_file(meta, cache)
+        cut = 2 * BLOCK_SIZE + 7
+        cache.truncate(inode, cut)
+        cache.truncate(inode, 4 * BLOCK_SIZE)
+        data = await cache.read(inode, 0, 4 * BLOCK_SIZE)
+        assert data == CONTENT[:cut] + bytes(4 * BLOCK_SIZE - cut)
+        assert sorted(set(source.fetched)) == [0, 1, 2]  # nothing beyond the cut was fetched
+
+
+async def test_only_clean_blocks_are_evicted(meta: Metadata, tmp_path: Path) -> None:
+    source = Source()
+    limit = 3 * BLOCK_SIZE
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", limit, source.fetch, nursery)
+        clean = uploaded_file(meta, cache)
+        assert await cache.read(clean, 0, len(CONTENT)) == CONTENT
+        assert cache.usage <= limit
+        assert 0 not in meta.cached_blocks(clean)  # the least recently used went first
+        # dirty data over the limit stays, all of it
+        dirty = meta.create(ROOT_INODE, b"dirty", stat.S_IFREG | 0o644, 0, 0).id
+        payload = random.Random(2).randbytes(5 * BLOCK_SIZE)
+        await cache.write(dirty, 0, payload)
+        assert await cache.read(clean, 0, len(CONTENT)) == CONTENT  # evicts clean blocks only
+        assert await cache.read(dirty, 0, len(payload)) == payload
+        assert cache.usage > limit
+        # once uploaded, the former dirty blocks may go as well
+        ino = meta.get(dirty)
+        assert meta.mark_uploaded(dirty, ino.generation, Ref.INLINE, payload, len(payload), 0)
+        cache.uploaded(dirty)
+        assert cache.usage <= limit
+        assert await cache.read(dirty, 0, len(payload)) == payload
