@@ -44,7 +44,7 @@ from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
 from .chaindata import TOKEN_PATTERN, ChainData, Entry, new_spool
 from .immutable import READ_PIECE
-from .routing import Access, ApiError, Call, Routes, StreamedResponse, not_valid
+from .routing import Access, ApiError, Call, Routes, StreamedResponse, decimal, not_valid
 
 if TYPE_CHECKING:
     from .core import Gateway
@@ -281,9 +281,10 @@ def body_limit(headers: Headers) -> int | None:
     hint = headers.get(HINT_HEADER)
     if "content-length" in headers or hint is None:
         return None
-    if not hint.strip().isdigit():
+    hint_bytes = decimal(hint)
+    if hint_bytes is None:
         raise bad_request(f"{HINT_HEADER} must be a number of bytes.")
-    return SMALL_DATA_BYTES if int(hint) < SMALL_DATA_BYTES else None
+    return SMALL_DATA_BYTES if hint_bytes < SMALL_DATA_BYTES else None
 
 
 async def _spool(body: AsyncIterator[bytes], path: Path, limit: int | None,

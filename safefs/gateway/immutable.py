@@ -36,7 +36,7 @@ from safefs.model import DataIdentifier, DataKind
 from . import blobs
 from .handles import Kind
 from .misc import cipher_opts_of
-from .routing import Access, ApiError, Call, Routes, StreamedResponse
+from .routing import Access, ApiError, Call, Routes, StreamedResponse, decimal
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class SpoolWriter:
 
 
 def _content_length(call: Call) -> int:
-    value = call.request.headers.get("content-length", "").strip()
-    if not value.isdigit():
+    value = decimal(call.request.headers.get("content-length", ""))
+    if value is None:
         raise ApiError(400, CONTENT_LENGTH_NOT_PRESENT)
-    return int(value)
+    return value
 
 
 @routes.get("/immutable-data/writer", access=Access.LLA)
@@ -157,12 +157,13 @@ def parse_range(header: str | None, total: int) -> tuple[int, int]:
     if not text.startswith("bytes="):
         raise ApiError(400, "invalid range specified")
     positions = [p.strip() for p in text[len("bytes="):].split("-")]
-    if not positions[0] or not all(p.isdigit() or not p for p in positions):
+    numbers = [decimal(p) for p in positions]
+    if numbers[0] is None or any(n is None and p for n, p in zip(numbers, positions, strict=True)):
         raise ApiError(416, "Invalid range specified")
-    start = int(positions[0])
+    start = numbers[0]
     end = total
-    if len(positions) > 1 and positions[1] and int(positions[1]) < total:
-        end = int(positions[1])
+    if len(numbers) > 1 and numbers[1] is not None and numbers[1] < total:
+        end = numbers[1]
     if end < start:
         raise ApiError(416, "Invalid range specified")
     return start, end
@@ -177,9 +178,9 @@ async def append(call: Call) -> None:
         return
     async with writer.lock:
         if offset_text is not None:
-            if not offset_text.strip().isdigit():
+            offset = decimal(offset_text)
+            if offset is None:
                 raise ApiError(400, f"{OFFSET_HEADER} must be a byte count")
-            offset = int(offset_text)
             if offset + length == writer.size:
                 return  # a retry of an append that already arrived
             if offset != writer.size:

@@ -16,7 +16,7 @@ from safefs.errors import ENCODE_DECODE, SafeError
 from safefs.model import CipherOpts, DataIdentifier
 
 from .handles import Kind
-from .routing import Access, ApiError, Call, Routes, b64_field, not_valid
+from .routing import Access, ApiError, Call, Routes, b64_field, decimal, not_valid
 
 routes = Routes()
 
@@ -65,7 +65,7 @@ def cipher_opts_of(call: Call, handle: Any) -> CipherOpts:
 
     A handle that is not a number means PLAIN, as the launcher's close-writer read it.
     """
-    if handle is None or (isinstance(handle, str) and not handle.isdigit()):
+    if handle is None or (isinstance(handle, str) and decimal(handle) is None):
         return CipherOpts.plain()
     if isinstance(handle, bool) or not isinstance(handle, int | str):
         raise Kind.CIPHER_OPT.invalid()

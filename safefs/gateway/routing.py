@@ -83,6 +83,17 @@ def not_valid(field: str) -> ApiError:
     return ApiError(400, FIELD_NOT_VALID % field)
 
 
+def decimal(text: str) -> int | None:
+    """A non-negative decimal number written in ASCII digits, else ``None``.
+
+    ``str.isdigit`` alone is not enough: it accepts digits such as "²" that ``int`` refuses.
+    """
+    text = text.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def b64_field(body: Any, field: str, size: int | None = None) -> bytes:
     """A base64 field of a JSON body (of ``size`` bytes when given), else :func:`not_valid`."""
     value = body.get(field) if isinstance(body, dict) else None

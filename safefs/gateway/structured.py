@@ -53,7 +53,7 @@ from .core import ChunkCache, Gateway
 from .handles import Kind
 from .misc import cipher_opts_of
 from .records import U64_DIGITS, AppKeys
-from .routing import Access, ApiError, Call, Routes, b64_field, not_valid
+from .routing import Access, ApiError, Call, Routes, b64_field, decimal, not_valid
 
 if TYPE_CHECKING:
     from safefs.store import Store
@@ -258,8 +258,8 @@ def _keep(call: Call, record: StructuredData) -> None:
 
 def _type_tag(value: object) -> int:
     """The launcher's ``typeTag`` rules: a number (or numeric string), 500, 501 or ≥ 15000."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        value = decimal(value) if decimal(value) is not None else value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, TAG_NOT_A_NUMBER)
     try:
