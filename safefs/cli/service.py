@@ -104,11 +104,11 @@ def _install(args: argparse.Namespace) -> None:
     print(f"installed {' and '.join(UNITS)} in {directory}")
     commands = [["daemon-reload"]]
     if not args.no_enable:
-        shown = mountpoint or Path.home() / "safe"
-        if os.path.ismount(shown):
+        target = mountpoint or Path.home() / "safe"
+        if os.path.ismount(target):
             # Starting now would fail on the busy mount point (and its gateway's data lock).
-            print(f"{shown} is mounted already: the services start at the next login, or now "
-                  f"after `safefs umount {shown}` and `systemctl --user start {MOUNT_UNIT}`")
+            print(f"{target} is mounted already: the services start at the next login, or now "
+                  f"after `safefs umount {target}` and `systemctl --user start {MOUNT_UNIT}`")
             commands.append(["enable", *UNITS])
         else:
             commands.append(["enable", "--now", *UNITS])
@@ -124,7 +124,9 @@ def _uninstall(args: argparse.Namespace) -> None:
     installed = [name for name in UNITS if (directory / name).exists()]
     if not installed:
         raise QuietError(f"no safefs units in {directory}")
-    stop = ["disable", "--now", *installed]  # the mount stops (and uploads) before its gateway
+    # systemd stops the mount (ExecStop uploads its pending changes) before the gateway it is
+    # After=, and `disable` also clears links whose unit file is gone.
+    stop = ["disable", "--now", *installed]
     reachable = _user_manager_reachable()
     if reachable:
         _systemctl(stop)
