@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests import fs_helpers
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, SafefsEnv
 from tests.fs_helpers import FAST, Mount, make_file, sha256_file, wait_for
 
 mount_factory, mounted = fs_helpers.mount_factory, fs_helpers.mounted  # the fixtures
@@ -177,15 +178,25 @@ def test_two_mounts_of_one_account(mount_factory) -> None:
 
 
 @fs_helpers.needs_fuse
-def test_two_gateways_sharing_one_store(gateway_factory, safefs_env, tmp_path: Path) -> None:
-    store = f"file://{tmp_path / 'shared-store'}"
-    mounts = []
+def test_two_gateways_sharing_one_store(gateway: GatewayProcess, safefs_env: SafefsEnv,
+                                        tmp_path: Path) -> None:
+    """Another machine: its own gateway and state, the same account, the same store."""
+    other_env = SafefsEnv(tmp_path / "other", dict(safefs_env.env))
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        path = other_env.root / var.lower()
+        path.mkdir(parents=True)
+        other_env.env[var] = str(path)
+    key = Path("safefs") / "account.key"
+    (Path(other_env.env["XDG_CONFIG_HOME"]) / "safefs").mkdir(mode=0o700)
+    shutil.copy2(Path(safefs_env.env["XDG_CONFIG_HOME"]) / key,
+                 Path(other_env.env["XDG_CONFIG_HOME"]) / key)
+    other_gateway = GatewayProcess(other_env, gateway.store_url, [])
+    other_gateway.start()
+    left = Mount(safefs_env, gateway, tmp_path / "left")
+    right = Mount(other_env, other_gateway, tmp_path / "right")
     try:
-        for name in ("left", "right"):
-            mount = Mount(safefs_env, gateway_factory(store_url=store), tmp_path / name)
-            mount.mount()
-            mounts.append(mount)
-        left, right = mounts
+        left.mount()
+        right.mount()
         for i in range(10):
             (left.path / f"l{i}").write_text("left")
             (right.path / f"r{i}").write_text("right")
@@ -195,5 +206,6 @@ def test_two_gateways_sharing_one_store(gateway_factory, safefs_env, tmp_path: P
         assert sorted(os.listdir(left.path)) == expected
         assert sorted(os.listdir(right.path)) == expected
     finally:
-        for mount in mounts:
-            mount.cleanup()
+        left.cleanup()
+        right.cleanup()
+        other_gateway.stop()

@@ -132,14 +132,14 @@ async def test_concurrent_devices_merge(gateway: GatewayProcess, tmp_path: Path)
             device(gateway, tmp_path / "b") as second:
         await first.write(ROOT_INODE, b"common", b"base")
         await first.sync.flush()
-        await second.sync.flush()  # pulls "common"
+        await second.sync.flush(pull=True)  # brings "common" in
         await first.write(ROOT_INODE, b"only-first", b"1")
         await second.write(ROOT_INODE, b"only-second", b"2")
         await first.write(ROOT_INODE, b"common", b"first's edit")
         await second.write(ROOT_INODE, b"common", b"second's edit")
         await first.sync.flush()
         await second.sync.flush()  # conflict: merges, keeps both
-        await first.sync.flush()
+        await first.sync.flush(pull=True)
         names = await first.remote_names(ROOT_INODE)
         copies = [name for name in names if name.startswith(b"common (conflict")]
         assert names == {b"common", b"only-first", b"only-second", *copies}

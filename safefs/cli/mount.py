@@ -182,7 +182,7 @@ def _mount_of(path: str | None) -> Path:
     raise QuietError(f"{path or here} is not inside a safefs mount")
 
 
-def _flush(mountpoint: Path, label: str) -> dict:
+def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     """Ask the daemon for a flush and wait for it, with progress; returns the final status."""
     import pyfuse3
 
@@ -190,7 +190,7 @@ def _flush(mountpoint: Path, label: str) -> dict:
 
     pyfuse3.syncfs(str(mountpoint))  # the kernel writes its cached pages back to the daemon
     start = read_status(mountpoint)
-    target = request_flush(mountpoint)
+    target = request_flush(mountpoint, pull)
     with progress_bar(start["pending_bytes"], label) as progress:
         done = start["uploaded_bytes"]
         while True:
@@ -214,7 +214,7 @@ def _umount(args: argparse.Namespace) -> None:
         _fusermount(mountpoint, "-uz")
         print(f"safefs: the daemon of {mountpoint} was not running; unmounted", file=sys.stderr)
         return
-    status = _flush(mountpoint, "uploading")
+    status = _flush(mountpoint, "uploading", pull=False)
     if status["flush_failed"] > status["flush_done"]:
         print(f"safefs: gateway unreachable ({status['flush_error']}): "
               f"{status['pending_files']} files stay in the local cache and are uploaded at "
@@ -289,7 +289,7 @@ def _sync(args: argparse.Namespace) -> None:
         raise QuietError("no safefs mount")
     for mountpoint in mounts:
         try:
-            status = _flush(mountpoint, f"syncing {mountpoint}")
+            status = _flush(mountpoint, f"syncing {mountpoint}", pull=True)
         except OSError as exc:
             raise QuietError(f"{mountpoint} does not answer: {exc.strerror}") from None
         if status["flush_failed"] > status["flush_done"]:

@@ -12,10 +12,17 @@ Module map (one concern each):
 - ``ctrl``: the control file through which ``safefs umount/sync/status`` talk to the daemon.
 - ``mount``: the daemon's entry point (trio, pyfuse3, signals, systemd notification).
 
-This module holds the constants shared by them.
+This module holds the constants shared by them, and :func:`run_all`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 #: StructuredData type tag of directory records (versioned: every version stays readable).
 DIR_TAG = 501
@@ -41,3 +48,24 @@ ROOT_CONTEXT = "safefs root directory v1"
 
 #: Namespace of the read-only virtual attributes.
 SAFE_XATTR_PREFIX = b"user.safe."
+
+
+async def run_all(work: Callable[[T], Awaitable[object]], items: list[T],
+                  limit: int | None = None) -> None:
+    """Run ``work`` on every item concurrently (``limit`` at a time); once all have finished,
+    raise the first failure as itself, so callers catch plain exceptions, not groups."""
+    limiter = trio.CapacityLimiter(limit or max(len(items), 1))
+    failures: list[Exception] = []
+
+    async def one(item: T) -> None:
+        async with limiter:
+            try:
+                await work(item)
+            except Exception as exc:  # re-raised below, as itself
+                failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            nursery.start_soon(one, item)
+    if failures:
+        raise failures[0]

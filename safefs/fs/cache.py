@@ -24,10 +24,12 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from safefs.fs import run_all
 from safefs.fs.meta import BLOCK_SIZE, Metadata, NoSuchEntry, blocks_in
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ class FileCache:
         """Fetch the missing blocks that hold ``[start, end)``."""
         with self._pinned(inode, start, end):
             while missing := self._missing(inode, start, end):
-                await self._fetch_blocks(inode, missing)
+                await run_all(partial(self._fetch_block, inode), missing)
 
     @contextmanager
     def _pinned(self, inode: int, start: int, end: int) -> Iterator[None]:
@@ -155,22 +157,6 @@ class FileCache:
             for key in keys:
                 if self._pins[key] <= 0:
                     del self._pins[key]
-
-    async def _fetch_blocks(self, inode: int, blocks: list[int]) -> None:
-        """Fetch blocks concurrently; the first failure is raised as itself (no group)."""
-        failures: list[Exception] = []
-
-        async def one(block: int) -> None:
-            try:
-                await self._fetch_block(inode, block)
-            except Exception as exc:  # re-raised below, as itself
-                failures.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for block in blocks:
-                nursery.start_soon(one, block)
-        if failures:
-            raise failures[0]
 
     def _missing(self, inode: int, start: int, end: int) -> list[int]:
         try:
@@ -241,14 +227,14 @@ class FileCache:
             ino = self.meta.get(inode)
             # Blocks of uploaded content that this write covers only in part: fetch them first.
             edges = {offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE}
-            partial = [block for block in edges
-                       if block * BLOCK_SIZE < ino.fetch_limit
+            cached = self.meta.cached_blocks(inode)
+            missing = [block for block in edges
+                       if block * BLOCK_SIZE < ino.fetch_limit and block not in cached
                        and not (offset <= block * BLOCK_SIZE
                                 and end >= min((block + 1) * BLOCK_SIZE, ino.fetch_limit))]
-            missing = [block for block in partial if block not in self.meta.cached_blocks(inode)]
             if not missing:
                 break
-            await self._fetch_blocks(inode, missing)
+            await run_all(partial(self._fetch_block, inode), missing)
         fd = self._fd(inode)
         os.pwrite(fd, data, offset)
         # Every touched block below fetch_limit is whole now: fetched above, or overwritten.

@@ -2,7 +2,8 @@
 
 The root of every mount has a hidden file ``CTRL_NAME`` (not listed by readdir). Reading its
 ``STATUS_XATTR`` attribute returns the daemon's status as JSON; writing its ``FLUSH_XATTR``
-attribute asks for a flush (upload and publish everything, pull remote changes). Going through
+attribute asks for a flush: upload and publish everything, and with the value ``pull`` also
+merge the changes other mounts made (``safefs sync``; ``umount`` only pushes). Going through
 the mount itself needs no socket and no discovery: a path inside the mount is enough.
 
 Flushes are numbered: ``flush_requested`` counts requests, ``flush_done`` is the latest request
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -32,17 +33,20 @@ FLUSH_XATTR = b"user.safefs.flush"
 class Control:
     """Daemon side: serves status and runs requested flushes one after the other."""
 
-    def __init__(self, flush: Callable[[], object], status: Callable[[], dict]) -> None:
+    def __init__(self, flush: Callable[[bool], Awaitable[None]],
+                 status: Callable[[], dict]) -> None:
         self._flush = flush
         self._status = status
         self.flush_requested = 0
         self.flush_done = 0
         self.flush_failed = 0
         self.flush_error = ""
+        self._pull = False
         self._wake = trio.Event()
 
-    def request_flush(self) -> None:
+    def request_flush(self, pull: bool) -> None:
         self.flush_requested += 1
+        self._pull |= pull
         self._wake.set()
 
     def status(self) -> bytes:
@@ -56,9 +60,9 @@ class Control:
             await self._wake.wait()
             self._wake = trio.Event()
             while max(self.flush_done, self.flush_failed) < self.flush_requested:
-                covered = self.flush_requested
+                covered, pull, self._pull = self.flush_requested, self._pull, False
                 try:
-                    await self._flush()
+                    await self._flush(pull)
                 except GatewayError as exc:
                     log.warning("flush failed: %s", exc)
                     self.flush_error = str(exc)
@@ -79,7 +83,7 @@ def read_status(mountpoint: str | os.PathLike) -> dict:
     return json.loads(os.getxattr(ctrl_path(mountpoint), STATUS_XATTR.decode()))
 
 
-def request_flush(mountpoint: str | os.PathLike) -> int:
+def request_flush(mountpoint: str | os.PathLike, pull: bool) -> int:
     """Ask for a flush; returns the request number to wait for."""
-    os.setxattr(ctrl_path(mountpoint), FLUSH_XATTR.decode(), b"1")
+    os.setxattr(ctrl_path(mountpoint), FLUSH_XATTR.decode(), b"pull" if pull else b"push")
     return int(read_status(mountpoint)["flush_requested"])

@@ -462,7 +462,7 @@ class Operations(pyfuse3.Operations):
         if inode == CTRL_INODE:
             if name != FLUSH_XATTR:
                 raise FUSEError(errno.EINVAL)
-            self.control.request_flush()
+            self.control.request_flush(pull=value == b"pull")
             return
         _check_user_xattr(name)
         if len(value) > XATTR_VALUE_MAX:

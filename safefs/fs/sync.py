@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
-from safefs.fs import INLINE_MAX
+from safefs.fs import INLINE_MAX, run_all
 from safefs.fs.dirrecord import Ref
 from safefs.fs.merge import Copy, Take, conflict_name, merge
 from safefs.fs.meta import ROOT_INODE, DirState, Inode, Metadata
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CONNECTIONS = 4
+UPLOAD_CONNECTIONS = 8
+PUBLISH_CONNECTIONS = 8
 UPLOAD_PIECE = 4 * 1024 * 1024
 MAX_BACKOFF = 30.0
-#: Directories whose version is checked per poll.
-POLL_BATCH = 64
+#: Directories whose version is checked per poll (4 requests each).
+POLL_BATCH = 16
 
 #: Called with (directory, names whose entry changed, inodes whose content or existence
 #: changed) after remote changes were applied locally.
@@ -149,12 +150,13 @@ class SyncTask:
             due.append(self.meta.dir_changes.get(ino.id, 0) + self.dir_delay)
         return max(min(due) - time.monotonic(), 0)
 
-    async def flush(self) -> None:
-        """Upload and publish everything now, pull remote changes of every directory, and
-        return once nothing is pending; raises GatewayError when the gateway fails."""
+    async def flush(self, pull: bool = False) -> None:
+        """Upload and publish everything now (and with ``pull`` merge the remote changes of
+        every directory); returns once nothing is pending, raises GatewayError on failure."""
         async with self._lock:
             await self._cycle(force=True)
-            await self._poll(everything=True)
+            if pull:
+                await self._poll(everything=True)
             while self.pending_counts()[0] or self.pending_counts()[2]:
                 await self._cycle(force=True)
 
@@ -163,18 +165,20 @@ class SyncTask:
         files = [ino for ino in self.meta.dirty_files() if force or self._file_due(ino, now)]
         if files:
             await self._upload_all(files)
-        # Publishing a child makes its parent pending: repeat until no due directory is left.
+        # Deepest first, one depth at a time (those in parallel): publishing a child makes its
+        # parent pending, and a parent may only name child records that exist.
         published: set[int] = set()
         while True:
             now = time.monotonic()
-            due = [ino for ino in self.meta.pending_dirs()
+            due = [(self.meta.depth(ino.id), ino.id) for ino in self.meta.pending_dirs()
                    if ino.id not in published and ino.dir_state != DirState.UNLOADED
                    and (force or now - self.meta.dir_changes.get(ino.id, 0) >= self.dir_delay)]
             if not due:
                 break
-            for ino in due:
-                await self.publish(ino.id)
-                published.add(ino.id)
+            deepest = max(depth for depth, _ in due)
+            batch = [directory for depth, directory in due if depth == deepest]
+            await run_all(self.publish, batch, PUBLISH_CONNECTIONS)
+            published.update(batch)
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
         self.last_error = ""
@@ -190,23 +194,13 @@ class SyncTask:
     # -- uploads --------------------------------------------------------------------------------
 
     async def _upload_all(self, files: list[Inode]) -> None:
-        failures: list[Exception] = []
-        limiter = trio.CapacityLimiter(UPLOAD_CONNECTIONS)
+        async def upload(inode: int) -> None:
+            try:
+                await self.upload(inode)
+            except FileChanged:
+                log.debug("inode %d changed during its upload; later", inode)
 
-        async def one(ino: Inode) -> None:
-            async with limiter:
-                try:
-                    await self.upload(ino.id)
-                except FileChanged:
-                    log.debug("inode %d changed during its upload; later", ino.id)
-                except Exception as exc:  # re-raised below, as itself
-                    failures.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for ino in files:
-                nursery.start_soon(one, ino)
-        if failures:
-            raise failures[0]
+        await run_all(upload, [ino.id for ino in files], UPLOAD_CONNECTIONS)
 
     async def upload(self, inode: int) -> None:
         """Upload a file's current content (if it does not change meanwhile)."""
