@@ -389,7 +389,7 @@ def test_history_spans_versions_info_pages():
 
 
 def test_content_encodings_match_the_format_document():
-    """The example encodings of docs/format-parts/records.md §5.2.4."""
+    """The example encodings of docs/FORMAT.md §5.2.4."""
     inline = structured._encode_content(structured.Content.INLINE,
                                         encrypt(CipherOpts.plain(), b"hi"))
     assert inline.hex() == "00000000" "0e00000000000000" "00000000" "0200000000000000" "6869"

@@ -49,7 +49,7 @@ from safefs.store import (
 from tests import store_workers
 from tests.store_workers import make_chunk
 
-FORMAT_DOC = Path(__file__).parent.parent / "docs" / "format-parts" / "store.md"
+FORMAT_DOC = Path(__file__).parent.parent / "docs" / "FORMAT.md"
 BACKENDS = ["memory", "file"]
 
 
@@ -386,7 +386,7 @@ def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_schema_is_documented() -> None:
-    """docs/format-parts/store.md shows the schema the code creates, verbatim."""
+    """docs/FORMAT.md §4 shows the schema the code creates, verbatim."""
     blocks = re.findall(r"```sql\n(.*?)```", FORMAT_DOC.read_text(), re.DOTALL)
     assert local.SCHEMA.strip() in [block.strip() for block in blocks]
 

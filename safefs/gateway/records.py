@@ -1,7 +1,7 @@
 """Signed records (StructuredData, AppendableData) in the store, and the caller's keys.
 
 A record lives under its identifier's record key (``DataIdentifier.record_key()``); every
-store version of it holds one whole encoded record (docs/format-parts/records.md). Writers
+store version of it holds one whole encoded record (docs/FORMAT.md §5.2). Writers
 never overwrite: a first store is ``create_record`` and every change is a compare-and-swap on
 the version they read, re-read and re-checked against the data model's rules after a lost
 race. Two gateways sharing one store therefore never lose an update: the loser either applies

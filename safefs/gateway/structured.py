@@ -6,7 +6,7 @@ deleted record), ``POST``, ``DELETE`` and ``DELETE …/unclaim`` store the owner
 (version + 1) and point the handle at it. Fetching by data-id makes a new snapshot that later
 changes by others do not touch.
 
-What a record's ``data`` holds depends on its tag (docs/format-parts/records.md):
+What a record's ``data`` holds depends on its tag (docs/FORMAT.md §5.2):
 
 - 500 (unversioned): the cipher-wrapped content inside the record, or, when that would break
   the 100 KiB record limit, the name of an ImmutableData holding it;
