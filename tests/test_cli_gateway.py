@@ -55,10 +55,25 @@ def test_bad_flags_are_one_line(safefs_env, args):
     one_line_error(safefs_env.run_cli(*args))
 
 
-def test_port_in_use(gateway, safefs_env):
-    result = safefs_env.run_cli("gateway", "--listen", f"127.0.0.1:{gateway.port}",
-                                "--store", gateway.store_url)
+def test_port_in_use(gateway, safefs_env, tmp_path):
+    elsewhere = dict(safefs_env.env, XDG_DATA_HOME=str(tmp_path / "elsewhere"))
+    result = type(safefs_env)(tmp_path, elsewhere).run_cli(
+        "gateway", "--listen", f"127.0.0.1:{gateway.port}", "--store", gateway.store_url)
     assert "cannot listen on" in server_error(result)
+
+
+def test_one_gateway_per_data_directory(gateway, safefs_env):
+    """A second gateway on the same data directory refuses to start and touches nothing."""
+    headers = {"Authorization": f"Bearer {gateway.authorise()}"}
+    writer = httpx.get(f"{gateway.url}/immutable-data/writer", headers=headers).json()
+    path = f"{gateway.url}/immutable-data/{writer['handleId']}"
+    assert httpx.post(path, content=b"spooled", headers=headers).status_code == 200
+    result = safefs_env.run_cli("gateway", "--listen", "127.0.0.1:0",
+                                "--store", gateway.store_url)
+    assert f"already running on {gateway.env.data_dir} (pid {gateway.proc.pid}" in \
+        one_line_error(result)
+    # The running gateway's spooled upload is intact.
+    assert httpx.put(f"{path}/PLAIN", headers=headers).status_code == 200
 
 
 def test_gateway_down(gateway, safefs_env, tmp_path):

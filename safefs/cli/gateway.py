@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
     settings = GatewaySettings(handle_capacity=args.handle_capacity,
                                auth_timeout=args.auth_timeout, auto_approve=args.auto_approve,
                                shared_handles=args.shared_handles, threads=args.threads)
+    from safefs.gateway.core import GatewayRunning
     from safefs.keys import AccountError
     from safefs.store import StoreError
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         run_server(args.store or paths.default_store_url(), args.listen, settings,
                    certfile=args.tls_cert, keyfile=args.tls_key)
-    except (AccountError, StoreError) as exc:
+    except (AccountError, StoreError, GatewayRunning) as exc:
         raise QuietError(str(exc)) from None
     except BaseExceptionGroup as group:
         raise _startup_error(group, args.listen) from None

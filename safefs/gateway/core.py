@@ -7,6 +7,7 @@ worker threads doing CPU and store work. Handlers reach it as ``call.gateway``.
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import logging
 import os
@@ -25,7 +26,7 @@ from safefs import paths, selfenc
 from safefs.keys import Account
 from safefs.store import Store, open_store
 
-from . import read_admin_secret
+from . import read_admin_secret, read_info
 from .handles import DEFAULT_CAPACITY, Handles
 from .sessions import AuthRequests, Session, SessionStore
 from .state import open_state_db
@@ -106,28 +107,41 @@ class Gateway:
         self.handles = Handles(settings.handle_capacity, settings.shared_handles)
         self.chunk_cache = ChunkCache(settings.chunk_cache_bytes)
         self.limiter = trio.CapacityLimiter(settings.threads)
+        self._lock_fd: int | None = None
 
     @classmethod
     def open(cls, store_url: str, settings: GatewaySettings) -> Gateway:
-        """Open the store, the account (created on first use), the state and the admin secret."""
-        store = open_store(store_url)
+        """Open the store, the account (created on first use), the state and the admin secret.
+
+        Raises :class:`GatewayRunning` if another gateway uses this data directory.
+        """
+        lock_fd = lock_data_dir()
+        store = None
         try:
+            store = open_store(store_url)
             account = load_or_create_account()
             spool_dir = paths.data_dir() / "spool"
             # Spooled uploads belong to writer handles, which do not survive a restart.
             shutil.rmtree(spool_dir, ignore_errors=True)
             paths.ensure_private_dir(spool_dir)
-            return cls(store, account, settings, open_state_db(), spool_dir,
-                       ensure_admin_secret())
+            gateway = cls(store, account, settings, open_state_db(), spool_dir,
+                          ensure_admin_secret())
         except BaseException:
-            store.close()
+            if store is not None:
+                store.close()
+            os.close(lock_fd)
             raise
+        gateway._lock_fd = lock_fd
+        return gateway
 
     def close(self) -> None:
         self.auth_requests.cancel_all()
         self.handles.clear()
         self.store.close()
         self.state_db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def is_admin(self, secret: str | None) -> bool:
         return secret is not None and hmac.compare_digest(secret, self._admin_secret)
@@ -139,6 +153,26 @@ class Gateway:
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (crypto, store calls, file I/O) in a bounded worker thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+class GatewayRunning(Exception):
+    """Another gateway already uses this data directory (its state, spool and secrets)."""
+
+
+def lock_data_dir() -> int:
+    """Hold the data directory's lock for the life of the process; its file descriptor."""
+    path = paths.gateway_state_file().with_name("gateway.lock")
+    paths.ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = read_info()
+        where = f" (pid {info['pid']}, {info['url']})" if info else ""
+        raise GatewayRunning(
+            f"a gateway is already running on {paths.data_dir()}{where}") from None
+    return fd
 
 
 def ensure_admin_secret() -> str:
