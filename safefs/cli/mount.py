@@ -233,11 +233,12 @@ def _fusermount(mountpoint: Path, flags: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie waiting to be reaped has finished)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(") ")[2][:1] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def _status(args: argparse.Namespace) -> None:

@@ -191,16 +191,15 @@ class Metadata:
     :on_change: called (no arguments) when a file becomes dirty or a directory pending:
         something new for the sync task.
     :file_changes: monotonic time of the latest change of each dirty file, and
-    :dir_changes: of each pending directory, for the sync task's idle delays; what changed
-        before this process started is missing (idle since long).
+    :dir_changes: of each pending directory: the sync task's work list and idle clocks (what
+        was left from before this process started reads as changed at time 0). Entries may
+        outlive their reason (see :meth:`needs_sync`); the sync task drops those.
     """
 
     def __init__(self, path: Path, owner: tuple[int, int]) -> None:
         self.path = path
         self.owner = owner
         self.on_change: Callable[[], None] = lambda: None
-        self.file_changes: dict[int, float] = {}
-        self.dir_changes: dict[int, float] = {}
         new = not path.exists()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -209,6 +208,8 @@ class Metadata:
             create_tables(self.db)
         elif self.setting("schema") != SCHEMA_VERSION:
             raise RuntimeError(f"{path}: unknown metadata schema {self.setting('schema')!r}")
+        self.file_changes = {ino.id: 0.0 for ino in self.dirty_files()}
+        self.dir_changes = {ino.id: 0.0 for ino in self.pending_dirs()}
 
     def close(self) -> None:
         self.db.close()
@@ -470,6 +471,14 @@ class Metadata:
             self.on_change()
 
     # -- sync bookkeeping -------------------------------------------------------------------
+
+    def needs_sync(self, inode: int) -> bool:
+        """Whether an inode in the tree has content to upload or a record to publish."""
+        row = self.db.execute(
+            "SELECT generation != synced_gen OR (dir_gen != dir_pub_gen AND dir_state != ?)"
+            " FROM inodes WHERE id=? AND (id=? OR id IN (SELECT inode FROM dirents))",
+            (DirState.UNLOADED, inode, ROOT_INODE)).fetchone()
+        return bool(row and row[0])
 
     def dirty_files(self) -> list[Inode]:
         """Files with content to upload (orphans need none)."""

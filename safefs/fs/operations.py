@@ -195,7 +195,15 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT_INODE and name == CTRL_NAME:
             return self._ctrl_attrs()
         await self._dir(parent_inode)
-        return self._handed_out(self._child(parent_inode, name))
+        inode = self.meta.lookup(parent_inode, name)
+        if inode is None:
+            # A negative entry the kernel may cache: local creates replace it, and merges of
+            # remote changes invalidate the names they add.
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = cast(pyfuse3.InodeT, 0)
+            negative.entry_timeout = ENTRY_TIMEOUT
+            return negative
+        return self._handed_out(self.meta.get(inode))
 
     @_guard
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -408,7 +416,7 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         inode = self.open_files[fh].inode
         await self.cache.fsync(inode)
-        self.sync.fsynced(inode, self.meta.get(inode).generation)
+        self.sync.fsynced(inode)
 
     # -- directories ----------------------------------------------------------------------------
 

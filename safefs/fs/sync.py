@@ -34,7 +34,7 @@ from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
 from safefs.fs import INLINE_MAX, run_all
 from safefs.fs.dirrecord import Ref
 from safefs.fs.merge import Copy, Take, conflict_name, merge
-from safefs.fs.meta import ROOT_INODE, DirState, Inode, Metadata
+from safefs.fs.meta import ROOT_INODE, DirState, Metadata
 
 if TYPE_CHECKING:
     from safefs.fs.cache import FileCache
@@ -84,12 +84,19 @@ class SyncTask:
         self._loading: dict[int, trio.Event] = {}
         self._poll_cursor = 0
         self._next_poll = 0.0
-        meta.on_change = self.wake
+        self._asleep_until = 0.0
+        meta.on_change = self._changed
 
     # -- what the file system tells us --------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _changed(self) -> None:
+        """Something new to sync: it becomes due after an idle delay, so the loop only needs
+        waking if it sleeps longer than that."""
+        if time.monotonic() + min(self.upload_delay, self.dir_delay) < self._asleep_until:
+            self.wake()
 
     def opened_for_write(self, inode: int) -> None:
         self._writers[inode] += 1
@@ -100,8 +107,9 @@ class SyncTask:
             del self._writers[inode]
         self.wake()
 
-    def fsynced(self, inode: int, generation: int) -> None:
-        self._fsynced[inode] = generation
+    def fsynced(self, inode: int) -> None:
+        """The file was fsynced: it may go up once idle even while it stays open."""
+        self._fsynced[inode] = self.meta.file_changes.get(inode, 0.0)
         self.wake()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -110,8 +118,11 @@ class SyncTask:
         """Run cycles until :meth:`stop`."""
         backoff = 0.0
         while not self._stopping:
-            with trio.move_on_after(backoff or self._next_deadline()):
+            timeout = backoff or self._next_deadline()
+            self._asleep_until = time.monotonic() + timeout
+            with trio.move_on_after(timeout):
                 await self._wake.wait()
+            self._asleep_until = 0.0
             self._wake = trio.Event()
             if self._stopping:
                 break
@@ -137,18 +148,18 @@ class SyncTask:
         self.last_error = str(exc)
 
     def _next_deadline(self) -> float:
-        """Seconds until something becomes due: an idle delay expires, or the next poll.
-
-        Files open for writing (and not fsynced since) are never due: closing or fsyncing
-        them wakes the loop.
-        """
+        """Seconds until something becomes due: an idle delay expires, or the next poll."""
         due = [self._next_poll]
-        for ino in self.meta.dirty_files():
-            if ino.id not in self._writers or self._fsynced.get(ino.id) == ino.generation:
-                due.append(self.meta.file_changes.get(ino.id, 0) + self.upload_delay)
-        for ino in self.meta.pending_dirs():
-            due.append(self.meta.dir_changes.get(ino.id, 0) + self.dir_delay)
+        due += [changed + self.upload_delay for inode, changed in self.meta.file_changes.items()
+                if not self._busy(inode)]
+        due += [changed + self.dir_delay for changed in self.meta.dir_changes.values()]
         return max(min(due) - time.monotonic(), 0)
+
+    def _busy(self, inode: int) -> bool:
+        """Open for writing and not fsynced since the last change: closing or fsyncing the
+        file wakes the loop."""
+        return inode in self._writers and \
+            self._fsynced.get(inode) != self.meta.file_changes.get(inode)
 
     async def flush(self, pull: bool = False) -> None:
         """Upload and publish everything now (and with ``pull`` merge the remote changes of
@@ -157,22 +168,20 @@ class SyncTask:
             await self._cycle(force=True)
             if pull:
                 await self._poll(everything=True)
-            while self.pending_counts()[0] or self.pending_counts()[2]:
+            while self.meta.file_changes or self.meta.dir_changes:
                 await self._cycle(force=True)
 
     async def _cycle(self, force: bool) -> None:
-        now = time.monotonic()
-        files = [ino for ino in self.meta.dirty_files() if force or self._file_due(ino, now)]
+        files = self._due(self.meta.file_changes, self.upload_delay, force)
         if files:
             await self._upload_all(files)
         # Deepest first, one depth at a time (those in parallel): publishing a child makes its
         # parent pending, and a parent may only name child records that exist.
         published: set[int] = set()
         while True:
-            now = time.monotonic()
-            due = [(self.meta.depth(ino.id), ino.id) for ino in self.meta.pending_dirs()
-                   if ino.id not in published and ino.dir_state != DirState.UNLOADED
-                   and (force or now - self.meta.dir_changes.get(ino.id, 0) >= self.dir_delay)]
+            due = [(self.meta.depth(directory), directory)
+                   for directory in self._due(self.meta.dir_changes, self.dir_delay, force)
+                   if directory not in published]
             if not due:
                 break
             deepest = max(depth for depth, _ in due)
@@ -182,25 +191,33 @@ class SyncTask:
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
         self.last_error = ""
-        files, _, dirs = self.pending_counts()
-        if not files and not dirs:
+        if not self.meta.file_changes and not self.meta.dir_changes:
             self.last_sync = time.time()
 
-    def _file_due(self, ino: Inode, now: float) -> bool:
-        if now - self.meta.file_changes.get(ino.id, 0) < self.upload_delay:
-            return False
-        return ino.id not in self._writers or self._fsynced.get(ino.id) == ino.generation
+    def _due(self, changes: dict[int, float], delay: float, force: bool) -> list[int]:
+        """The files (or directories) of ``changes`` whose upload (or publish) is due; entries
+        with nothing left to do are dropped from ``changes`` on the way."""
+        now = time.monotonic()
+        due = []
+        for inode, changed in list(changes.items()):
+            if not force and (now - changed < delay or self._busy(inode)):
+                continue
+            if self.meta.needs_sync(inode):
+                due.append(inode)
+            else:
+                del changes[inode]
+        return due
 
     # -- uploads --------------------------------------------------------------------------------
 
-    async def _upload_all(self, files: list[Inode]) -> None:
+    async def _upload_all(self, files: list[int]) -> None:
         async def upload(inode: int) -> None:
             try:
                 await self.upload(inode)
             except FileChanged:
                 log.debug("inode %d changed during its upload; later", inode)
 
-        await run_all(upload, [ino.id for ino in files], UPLOAD_CONNECTIONS)
+        await run_all(upload, files, UPLOAD_CONNECTIONS)
 
     async def upload(self, inode: int) -> None:
         """Upload a file's current content (if it does not change meanwhile)."""
@@ -247,7 +264,7 @@ class SyncTask:
             ino = self.meta.get(directory)
             generation = ino.dir_gen
             record, moved_upto = self.meta.build_record(directory)
-            encoded = record.encode()
+            encoded = await trio.to_thread.run_sync(record.encode)
             if ino.dir_state == DirState.LOADED and encoded == self.meta.base_encoded(directory):
                 assert ino.dir_version is not None
                 self.meta.mark_published(directory, generation, ino.dir_version, encoded,
