@@ -65,8 +65,10 @@ class Control:
                     await self._flush(pull)
                 except GatewayError as exc:
                     log.warning("flush failed: %s", exc)
-                    self.flush_error = str(exc)
-                    self.flush_failed = covered
+                    self.flush_error, self.flush_failed = str(exc), covered
+                except Exception as exc:  # reported to the client; the mount stays up
+                    log.exception("flush failed")
+                    self.flush_error, self.flush_failed = str(exc), covered
                 else:
                     self.flush_error = ""
                     self.flush_done = covered

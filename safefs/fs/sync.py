@@ -139,6 +139,10 @@ class SyncTask:
                 backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
                 self._note_error(exc)
                 log.warning("sync failed: %s; retrying in %.0f s", exc, backoff)
+            except Exception as exc:  # e.g. a record this version cannot read: keep mounted
+                backoff = MAX_BACKOFF
+                self._note_error(exc)
+                log.exception("sync failed; retrying in %.0f s", backoff)
 
     def stop(self) -> None:
         self._stopping = True
