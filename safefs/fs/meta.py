@@ -179,6 +179,7 @@ class Inode:
 
 
 _INODE_COLUMNS = ", ".join(f.name for f in fields(Inode))
+_INODE_COLUMNS_OF_INODES = ", ".join(f"inodes.{f.name}" for f in fields(Inode))
 
 
 class NoSuchEntry(LookupError):
@@ -573,23 +574,25 @@ class Metadata:
             with self.transaction():
                 self._apply_attrs(ROOT_INODE, remote)
 
-    def published_entry(self, ino: Inode) -> Entry | None:
+    def published_entry(self, ino: Inode, xattrs: XAttrs | None = None) -> Entry | None:
         """What a record shows for this inode now; None while it has nothing to show (a new
         file not uploaded yet, a new directory whose record is not created yet)."""
         perm = stat.S_IMODE(ino.mode)
+        if xattrs is None and not ino.is_symlink:
+            xattrs = self.xattrs(ino.id)
         if ino.is_file:
             if ino.data_ref is None:
                 return None
             assert ino.data is not None and ino.data_size is not None
             mtime_ns = ino.data_mtime_ns if ino.dirty else ino.mtime_ns
             return Entry(Kind.FILE, perm, mtime_ns or 0, ino.ctime_ns, ino.data_size, ino.data,
-                         Ref(ino.data_ref), self.xattrs(ino.id))
+                         Ref(ino.data_ref), xattrs or ())
         if ino.is_dir:
             if ino.dir_state == DirState.NEW:
                 return None
             assert ino.dir_name is not None
             return Entry(Kind.DIR, perm, ino.mtime_ns, ino.ctime_ns, 0, ino.dir_name,
-                         Ref.INLINE, self.xattrs(ino.id))
+                         Ref.INLINE, xattrs or ())
         assert ino.target is not None
         return Entry.symlink(ino.target, ino.mtime_ns, ino.ctime_ns)
 
@@ -601,9 +604,18 @@ class Metadata:
         record names data that exists.
         """
         base = self.base_record(directory).entries
+        xattrs: dict[int, list[tuple[bytes, bytes]]] = {}
+        for inode, name, value in self.db.execute(
+                "SELECT xattrs.inode, xattrs.name, value FROM xattrs JOIN dirents"
+                " ON dirents.inode = xattrs.inode WHERE parent=? ORDER BY xattrs.name",
+                (directory,)):
+            xattrs.setdefault(inode, []).append((name, value))
         entries: dict[bytes, Entry] = {}
-        for _, name, inode in self.children(directory):
-            entry = self.published_entry(self.get(inode))
+        for name, *columns in self.db.execute(
+                f"SELECT dirents.name, {_INODE_COLUMNS_OF_INODES} FROM dirents JOIN inodes"
+                " ON inodes.id = dirents.inode WHERE parent=?", (directory,)).fetchall():
+            ino = Inode(*columns)
+            entry = self.published_entry(ino, tuple(xattrs.get(ino.id, ())))
             if entry is None:
                 entry = base.get(name)
             if entry is not None:
