@@ -78,6 +78,7 @@ class FileCache:
         self._fetch_limiter = trio.CapacityLimiter(FETCH_CONNECTIONS)
         self._pins: Counter[tuple[int, int]] = Counter()
         self._over_limit = False
+        self._new_files = False  # cache files created since the directory was last fsynced
         self._allocated: dict[int, int] = {}
         self.usage = 0
         self.lru: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -106,7 +107,11 @@ class FileCache:
             self._fds.move_to_end(inode)
             return fd
         size = self.meta.get(inode).size
-        fd = os.open(self.path(inode), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path(inode), os.O_RDWR)
+        except FileNotFoundError:
+            fd = os.open(self.path(inode), os.O_RDWR | os.O_CREAT, 0o600)
+            self._new_files = True
         if os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
         self._fds[inode] = fd
@@ -226,12 +231,11 @@ class FileCache:
         while True:
             ino = self.meta.get(inode)
             # Blocks of uploaded content that this write covers only in part: fetch them first.
-            edges = {offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE}
-            cached = self.meta.cached_blocks(inode)
-            missing = [block for block in edges
-                       if block * BLOCK_SIZE < ino.fetch_limit and block not in cached
-                       and not (offset <= block * BLOCK_SIZE
-                                and end >= min((block + 1) * BLOCK_SIZE, ino.fetch_limit))]
+            partly = [block for block in {offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE}
+                      if block * BLOCK_SIZE < ino.fetch_limit
+                      and not (offset <= block * BLOCK_SIZE
+                               and end >= min((block + 1) * BLOCK_SIZE, ino.fetch_limit))]
+            missing = [block for block in partly if block not in self.meta.cached_blocks(inode)]
             if not missing:
                 break
             await run_all(partial(self._fetch_block, inode), missing)
@@ -265,7 +269,9 @@ class FileCache:
             await trio.to_thread.run_sync(os.fsync, fd)
         finally:
             os.close(fd)
-        await trio.to_thread.run_sync(_fsync_dir, self.directory)
+        if self._new_files:
+            self._new_files = False
+            await trio.to_thread.run_sync(_fsync_dir, self.directory)
         await trio.to_thread.run_sync(self.meta.make_durable)
 
     # -- life cycle ---------------------------------------------------------------------------

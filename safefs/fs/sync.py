@@ -15,8 +15,9 @@ Order invariants: a record only names uploaded content and existing child record
 there yet keeps its previous entry, see ``Metadata.build_record``); an upload or a publish is
 committed locally only if the file or directory did not change while it was on the way.
 
-While the gateway is unreachable the cycles back off (up to ``MAX_BACKOFF``); the mount keeps
-working from the cache and everything catches up when the gateway answers again.
+While the gateway is unreachable the task waits for it to answer again (probing its health);
+the mount keeps working from the cache meanwhile and everything catches up afterwards. Other
+failures retry with a backoff of up to ``MAX_BACKOFF``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class SyncTask:
         self.uploaded_bytes = 0
         self.last_error = ""
         self._writers: Counter[int] = Counter()
-        self._fsynced: dict[int, int] = {}
+        self._fsynced: dict[int, float] = {}  # inode -> its change time when last fsynced
         self._lock = trio.Lock()
         self._wake = trio.Event()
         self._stopping = False
@@ -105,6 +106,7 @@ class SyncTask:
         self._writers[inode] -= 1
         if self._writers[inode] <= 0:
             del self._writers[inode]
+            self._fsynced.pop(inode, None)
         self.wake()
 
     def fsynced(self, inode: int) -> None:
