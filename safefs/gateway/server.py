@@ -33,7 +33,7 @@ GRACEFUL_TIMEOUT = 30.0
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 as ``[::1]:8100``) → (host, port); ValueError when malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 
