@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -49,7 +50,8 @@ def snapshot(root: Path) -> dict[str, object]:
     return tree
 
 
-def make_machine(mount_root: Path, plain_root: Path) -> type[RuleBasedStateMachine]:
+def make_machine(mount_root: Path, plain_root: Path,
+                 tally: Counter[str]) -> type[RuleBasedStateMachine]:
     class MountVersusPlain(RuleBasedStateMachine):
         dirs = Bundle("dirs")
         files = Bundle("files")
@@ -64,7 +66,7 @@ def make_machine(mount_root: Path, plain_root: Path) -> type[RuleBasedStateMachi
             return mount_root / self.case / relative, plain_root / self.case / relative
 
         def apply(self, action) -> None:  # noqa: ANN001 - a callable on one path pair
-            outcomes = []
+            outcomes: list[int | None] = []
             for path in self.both(""):
                 try:
                     action(path)
@@ -72,6 +74,7 @@ def make_machine(mount_root: Path, plain_root: Path) -> type[RuleBasedStateMachi
                 except OSError as exc:
                     outcomes.append(exc.errno)
             assert outcomes[0] == outcomes[1], outcomes
+            tally["ok" if outcomes[0] is None else "error"] += 1
 
         @rule(target=dirs, parent=st.just("") | dirs, name=names)
         def mkdir(self, parent: str, name: str) -> str:
@@ -116,6 +119,12 @@ def make_machine(mount_root: Path, plain_root: Path) -> type[RuleBasedStateMachi
             self.apply(lambda base: os.rename(base / path, base / relative))
             return relative
 
+        @rule(target=dirs, path=consumes(dirs), parent=st.just("") | dirs, name=names)
+        def rename_dir(self, path: str, parent: str, name: str) -> str:
+            relative = os.path.join(parent, "dir-" + name)
+            self.apply(lambda base: os.rename(base / path, base / relative))
+            return relative
+
         @rule(path=consumes(files))
         def unlink(self, path: str) -> None:
             self.apply(lambda base: os.unlink(base / path))
@@ -135,10 +144,12 @@ def make_machine(mount_root: Path, plain_root: Path) -> type[RuleBasedStateMachi
 def test_random_operations_match_a_plain_directory(mounted: Mount, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    machine = make_machine(mounted.path, plain)
+    tally: Counter[str] = Counter()
+    machine = make_machine(mounted.path, plain, tally)
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=25, stateful_step_count=20, deadline=None,
+        max_examples=40, stateful_step_count=25, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]))
+    assert tally["ok"] >= 150, tally  # the machine really exercised the mount
     mounted.umount()
     mounted.wipe_cache()
     mounted.mount()

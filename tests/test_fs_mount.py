@@ -142,6 +142,39 @@ def _umask() -> int:
     return mask
 
 
+def test_changes_to_partly_cached_files(mounted: Mount, tmp_path: Path) -> None:
+    """After a cache wipe only touched blocks are fetched; edits in the middle, appends and
+    truncations of such files go up whole."""
+    digest = make_file(tmp_path / "src", 5 * MiB + 333, seed=9)
+    shutil.copyfile(tmp_path / "src", mounted.path / "big")
+    _remount_cold(mounted)
+    expected = bytearray((tmp_path / "src").read_bytes())
+    with open(mounted.path / "big", "r+b") as file:
+        file.seek(2 * MiB + 100)
+        file.write(b"middle")
+        file.seek(0, os.SEEK_END)
+        file.write(b"appended")
+    expected[2 * MiB + 100:2 * MiB + 106] = b"middle"
+    expected += b"appended"
+    assert sha256_file(mounted.path / "big") != digest
+    _remount_cold(mounted)
+    assert (mounted.path / "big").read_bytes() == bytes(expected)
+    os.truncate(mounted.path / "big", 3 * MiB + 1)
+    _remount_cold(mounted)
+    assert (mounted.path / "big").read_bytes() == bytes(expected[:3 * MiB + 1])
+
+
+def test_cache_stays_bounded(mount_factory, tmp_path: Path) -> None:
+    mount = mount_factory(args=(*fs_helpers.FAST, "--cache-size", "64M"))
+    digest = make_file(tmp_path / "src", 100 * MiB, seed=5)
+    shutil.copyfile(tmp_path / "src", mount.path / "big")
+    assert mount.sync().returncode == 0  # uploaded: clean, so evictable
+    for _ in range(2):
+        assert sha256_file(mount.path / "big") == digest
+        status = mount.status()
+        assert status["cache_bytes"] <= status["cache_limit"] + 4 * MiB
+
+
 def test_readdir_of_many_entries_is_complete_and_stable(mounted: Mount) -> None:
     names = {f"entry-{i:04d}-{'x' * 40}" for i in range(1500)}
     for name in names:

@@ -151,3 +151,26 @@ async def test_concurrent_devices_merge(gateway: GatewayProcess, tmp_path: Path)
                 inode = dev.meta.lookup(ROOT_INODE, name)
                 contents.add(await dev.cache.read(inode, 0, 100))
         assert contents == {b"first's edit", b"second's edit"}
+
+
+async def test_remote_removal_keeps_local_changes_below(gateway: GatewayProcess,
+                                                        tmp_path: Path) -> None:
+    async with device(gateway, tmp_path / "a") as first, \
+            device(gateway, tmp_path / "b") as second:
+        shared = first.meta.create(ROOT_INODE, b"shared", DIR, 0, 0).id
+        await first.write(shared, b"old", b"old")
+        await first.sync.flush()
+        await second.sync.flush(pull=True)
+        mine = second.meta.lookup(ROOT_INODE, b"shared")
+        await second.sync.ensure_loaded(mine)
+        # first removes the directory while second adds a file in it
+        first.meta.remove(shared, b"old")
+        first.meta.remove(ROOT_INODE, b"shared")
+        await first.sync.flush()
+        await second.write(mine, b"new", b"new")
+        await second.sync.flush()
+        await first.sync.flush(pull=True)
+        again = first.meta.lookup(ROOT_INODE, b"shared")
+        assert again is not None
+        await first.sync.ensure_loaded(again)
+        assert {name for _, name, _ in first.meta.children(again)} == {b"old", b"new"}
