@@ -85,7 +85,9 @@ class FileCache:
         self._lru_by_inode: dict[int, set[int]] = {}
         directory.mkdir(parents=True, exist_ok=True)
         for entry in os.scandir(directory):
-            if entry.name.isdigit():
+            if not entry.name.isdigit() or not meta.exists(int(entry.name)):
+                os.unlink(entry.path)  # left by an inode purged before a crash
+            else:
                 self._allocated[int(entry.name)] = entry.stat().st_blocks * 512
         self.usage = sum(self._allocated.values())
         for inode, block in meta.clean_cached_blocks():
