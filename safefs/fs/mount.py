@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -154,18 +155,22 @@ async def _run_fuse(operations: Operations, sync: SyncTask, control: Control,
     options = set(pyfuse3.default_options)
     options |= {"fsname=safefs", "subtype=safefs"}
     pyfuse3.init(operations, str(mountpoint), options)
+    # The last upload, after the kernel let go; a stop signal starts its clock earlier.
+    final_flush = trio.CancelScope(shield=True)
     unmount = False
     try:
         nursery.start_soon(sync.run)
         nursery.start_soon(control.run)
-        nursery.start_soon(_stop_on_signals, sync)
+        nursery.start_soon(_stop_on_signals, sync, final_flush)
         nursery.start_soon(_notify_ready, mountpoint)
         await pyfuse3.main()
         unmount = True
     finally:
         pyfuse3.close(unmount=unmount)
     log.info("unmounted %s; uploading what is left", mountpoint)
-    with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+    if final_flush.deadline == math.inf:
+        final_flush.deadline = trio.current_time() + FLUSH_TIMEOUT
+    with final_flush:
         try:
             await sync.flush()
         except GatewayError as exc:
@@ -184,19 +189,21 @@ async def _notify_ready(mountpoint: Path) -> None:
     sd_notify("READY=1")
 
 
-async def _stop_on_signals(sync: SyncTask) -> None:
-    """SIGTERM/SIGINT: upload pending changes (bounded), then leave the FUSE loop; a second
-    signal leaves at once."""
+async def _stop_on_signals(sync: SyncTask, final_flush: trio.CancelScope) -> None:
+    """SIGTERM/SIGINT: upload pending changes, then leave the FUSE loop, all within
+    ``FLUSH_TIMEOUT``; a second signal leaves at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s: uploading pending changes, then unmounting",
                      signal.Signals(signum).name)
             sd_notify("STOPPING=1")
-            with trio.move_on_after(FLUSH_TIMEOUT) as scope:
+            final_flush.deadline = trio.current_time() + FLUSH_TIMEOUT
+            with trio.move_on_at(final_flush.deadline) as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_flush_quietly, sync, nursery.cancel_scope)
                     async for _ in signals:
                         nursery.cancel_scope.cancel()
+                        final_flush.deadline = trio.current_time()
                         break
             if scope.cancelled_caught:
                 log.warning("pending changes not all uploaded within %.0f s", FLUSH_TIMEOUT)
