@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from safefs.client import GatewayError
 from safefs.fs import DIR_TAG, NAME_MAX, SAFE_XATTR_PREFIX
 from safefs.fs.cache import FileCache
 from safefs.fs.ctrl import CTRL_NAME, FLUSH_XATTR, STATUS_XATTR, Control
@@ -55,6 +56,9 @@ def _guard(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise
         except NoSuchEntry:
             raise FUSEError(errno.ENOENT) from None
+        except GatewayError as exc:  # uncached data or an unlisted directory, gateway failing
+            log.warning("%s: %s", handler.__name__, exc)
+            raise FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed", handler.__name__)
             raise FUSEError(errno.EIO) from None
