@@ -140,7 +140,7 @@ async def _connect(remote: Remote, meta: Metadata, cache_dir: Path) -> None:
     except GatewayUnavailable as exc:
         stored = meta.setting("root_name")
         if not isinstance(stored, bytes):
-            raise MountError(f"cannot reach the gateway: {exc.description}") from None
+            raise MountError(exc.description) from None
         log.warning("gateway unreachable (%s): mounting from the cache", exc.description)
         return
     stored = meta.setting("root_name")
@@ -154,7 +154,10 @@ async def _run_fuse(operations: Operations, sync: SyncTask, control: Control,
                     mountpoint: Path, nursery: trio.Nursery) -> None:
     options = set(pyfuse3.default_options)
     options |= {"fsname=safefs", "subtype=safefs"}
-    pyfuse3.init(operations, str(mountpoint), options)
+    try:
+        pyfuse3.init(operations, str(mountpoint), options)
+    except RuntimeError as exc:  # fusermount3 printed why on stderr
+        raise MountError(f"cannot mount {mountpoint}: {exc}") from None
     # The last upload, after the kernel let go; a stop signal starts its clock earlier.
     final_flush = trio.CancelScope(shield=True)
     unmount = False
