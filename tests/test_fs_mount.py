@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from safefs.fs import INLINE_BUDGET, INLINE_MAX
 from tests import fs_helpers
 from tests.fs_helpers import Mount, make_file, sha256_file
 
@@ -224,13 +225,28 @@ def test_xattr_rules(mounted: Mount) -> None:
     assert int(os.getxattr(mounted.path, "user.safe.version")) > version
 
 
-def test_tiny_files_travel_inline(mounted: Mount) -> None:
+def test_small_files_travel_inline(mounted: Mount) -> None:
     (mounted.path / "tiny").write_bytes(b"small")
-    (mounted.path / "large").write_bytes(b"L" * 5000)
+    (mounted.path / "large").write_bytes(b"L" * (INLINE_MAX + 1))
+    budget = mounted.path / "budget"
+    budget.mkdir()
+    for i in range(INLINE_BUDGET // INLINE_MAX + 3):
+        (budget / f"f{i}").write_bytes(bytes([i]) * INLINE_MAX)
     assert mounted.sync().returncode == 0
     with pytest.raises(OSError):  # no DataIdentifier: the content is in the directory record
         os.getxattr(mounted.path / "tiny", "user.safe.id")
     assert os.getxattr(mounted.path / "large", "user.safe.id")
+    # one directory's record carries at most INLINE_BUDGET of content
+    inline = [name for name in os.listdir(budget) if not _has_id(budget / name)]
+    assert 0 < sum((budget / name).stat().st_size for name in inline) <= INLINE_BUDGET
+    assert len(inline) < len(os.listdir(budget))
+
+
+def _has_id(path: Path) -> bool:
+    try:
+        return bool(os.getxattr(path, "user.safe.id"))
+    except OSError:
+        return False
 
 
 def test_status_and_sync_commands(mounted: Mount) -> None:

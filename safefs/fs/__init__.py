@@ -28,8 +28,12 @@ T = TypeVar("T")
 DIR_TAG = 501
 
 #: Files up to this size travel inside their directory record instead of as ImmutableData:
-#: it saves a writer and a reader handle per small file (sources, configs, git objects).
-INLINE_MAX = 4096
+#: it saves a writer and a reader handle (eight requests each way) per small file (sources,
+#: configs, git objects) ...
+INLINE_MAX = 16 * 1024
+#: ... as long as the inline content of one directory stays under this, since every version of
+#: the record carries all of it.
+INLINE_BUDGET = 1024 * 1024
 
 #: Longest file name (bytes), as reported by statfs.
 NAME_MAX = 255

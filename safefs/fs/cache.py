@@ -129,22 +129,24 @@ class FileCache:
     # -- reading ------------------------------------------------------------------------------
 
     async def read(self, inode: int, offset: int, length: int, read_ahead: bool = False) -> bytes:
-        size = self.meta.get(inode).size
-        end = min(offset + length, size)
+        ino = self.meta.get(inode)
+        end = min(offset + length, ino.size)
         if offset >= end:
             return b""
-        with self._pinned(inode, offset, end):
-            await self.ensure_present(inode, offset, end)
-            if read_ahead:
-                self._read_ahead(inode, end)
-            # No await since ensure_present returned: the blocks are still there.
-            end = min(end, self.meta.get(inode).size)
-            data = os.pread(self._fd(inode), max(end - offset, 0), offset)
-        for block in range(offset // BLOCK_SIZE, blocks_in(end)):
-            if (inode, block) in self.lru:
-                self.lru.move_to_end((inode, block))
-        self._evict()
-        return data
+        if offset < ino.fetch_limit:  # parts may still be at the gateway only
+            with self._pinned(inode, offset, end):
+                await self.ensure_present(inode, offset, end)
+                if read_ahead and offset % BLOCK_SIZE < length:  # once per block
+                    self._read_ahead(inode, end)
+                # No await since ensure_present returned: the blocks are still there.
+                end = min(end, self.meta.get(inode).size)
+                data = os.pread(self._fd(inode), max(end - offset, 0), offset)
+            for block in range(offset // BLOCK_SIZE, blocks_in(end)):
+                if (inode, block) in self.lru:
+                    self.lru.move_to_end((inode, block))
+            self._evict()
+            return data
+        return os.pread(self._fd(inode), end - offset, offset)
 
     async def ensure_present(self, inode: int, start: int, end: int) -> None:
         """Fetch the missing blocks that hold ``[start, end)``."""
@@ -173,9 +175,9 @@ class FileCache:
         end = min(end, ino.fetch_limit)
         if start >= end:
             return []
-        present = self.meta.cached_blocks(inode)
-        return [block for block in range(start // BLOCK_SIZE, blocks_in(end))
-                if block not in present]
+        first, last = start // BLOCK_SIZE, blocks_in(end)
+        present = self.meta.cached_blocks(inode, first, last)
+        return [block for block in range(first, last) if block not in present]
 
     def _read_ahead(self, inode: int, offset: int) -> None:
         first = blocks_in(offset)
@@ -211,7 +213,8 @@ class FileCache:
                 ino = self.meta.get(inode)
             except NoSuchEntry:
                 return
-            if (ino.data_ref, ino.data) != source or block in self.meta.cached_blocks(inode):
+            if (ino.data_ref, ino.data) != source or \
+                    self.meta.cached_blocks(inode, block, block + 1):
                 return
             fd = self._fd(inode)
             os.pwrite(fd, payload[:max(min(end, ino.fetch_limit) - start, 0)], start)
@@ -237,7 +240,8 @@ class FileCache:
                       if block * BLOCK_SIZE < ino.fetch_limit
                       and not (offset <= block * BLOCK_SIZE
                                and end >= min((block + 1) * BLOCK_SIZE, ino.fetch_limit))]
-            missing = [block for block in partly if block not in self.meta.cached_blocks(inode)]
+            missing = [block for block in partly
+                       if not self.meta.cached_blocks(inode, block, block + 1)]
             if not missing:
                 break
             await run_all(partial(self._fetch_block, inode), missing)

@@ -529,6 +529,13 @@ class Metadata:
             self.file_changes.pop(inode, None)
         return bool(updated)
 
+    def inline_bytes(self, directory: int, besides: int) -> int:
+        """Content the directory's record carries inline, not counting inode ``besides``."""
+        return self.db.execute(
+            "SELECT coalesce(sum(data_size), 0) FROM inodes JOIN dirents ON inode = inodes.id"
+            " WHERE parent=? AND data_ref=? AND inode != ?",
+            (directory, Ref.INLINE, besides)).fetchone()[0]
+
     def base_encoded(self, directory: int) -> bytes | None:
         row = self.db.execute("SELECT record FROM dir_bases WHERE inode=?",
                               (directory,)).fetchone()
@@ -772,9 +779,11 @@ class Metadata:
 
     # -- cache blocks -----------------------------------------------------------------------
 
-    def cached_blocks(self, inode: int) -> set[int]:
+    def cached_blocks(self, inode: int, first: int = 0, end: int | None = None) -> set[int]:
+        """The cached blocks of a file listed in ``cache_blocks``, within [first, end)."""
         return {row[0] for row in self.db.execute(
-            "SELECT block FROM cache_blocks WHERE inode=?", (inode,))}
+            "SELECT block FROM cache_blocks WHERE inode=? AND block>=? AND block<?",
+            (inode, first, (1 << 62) if end is None else end))}
 
     def add_cached_block(self, inode: int, block: int) -> None:
         self.db.execute("INSERT OR IGNORE INTO cache_blocks (inode, block) VALUES (?, ?)",

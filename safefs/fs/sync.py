@@ -3,8 +3,8 @@
 One task runs *cycles*, and only one cycle runs at a time:
 
 1. upload every dirty file that is idle (no write for ``upload_delay``, and closed or fsynced
-   since its last write), several at once, through writer handles; tiny files become inline
-   content of their directory record instead;
+   since its last write), several at once, through writer handles; small files become inline
+   content of their directory record instead (up to a budget per directory);
 2. publish every pending directory record that is idle (``dir_delay``: a burst of changes in one
    directory becomes one version), deepest first, with compare-and-swap on the version; when
    the record moved on remotely, fetch it, merge three-way, apply the result locally and retry;
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
-from safefs.fs import INLINE_MAX, run_all
+from safefs.fs import INLINE_BUDGET, INLINE_MAX, run_all
 from safefs.fs.dirrecord import Ref
 from safefs.fs.merge import Copy, Take, conflict_name, merge
 from safefs.fs.meta import ROOT_INODE, DirState, Metadata
@@ -234,9 +234,12 @@ class SyncTask:
         if ino.generation != generation:
             raise FileChanged(inode)
         size, mtime_ns = ino.size, ino.mtime_ns
+        where = self.meta.name_of(inode)
+        inline = size <= INLINE_MAX and where is not None and \
+            self.meta.inline_bytes(where[0], besides=inode) + size <= INLINE_BUDGET
         fd = self.cache.open_for_upload(inode)
         try:
-            if size <= INLINE_MAX:
+            if inline:
                 content = os.pread(fd, size, 0)
                 if len(content) != size:
                     raise FileChanged(inode)
