@@ -187,7 +187,7 @@ def test_readdir_of_many_entries_is_complete_and_stable(mounted: Mount) -> None:
 
 def test_xattr_rules(mounted: Mount) -> None:
     path = mounted.path / "f"
-    path.write_bytes(b"x" * 10_000)
+    path.write_bytes(b"x" * (INLINE_MAX + 1))  # not inline: it gets a DataIdentifier
     os.setxattr(path, "user.colour", b"blue")
     os.setxattr(path, "user.empty", b"")
     os.setxattr(mounted.path, "user.root", b"r")
