@@ -22,6 +22,7 @@ failures retry with a backoff of up to ``MAX_BACKOFF``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOAD_CONNECTIONS = 8
+#: Uploads of files above one piece at once: each holds a few pieces in memory.
+LARGE_UPLOADS = 2
 PUBLISH_CONNECTIONS = 8
 UPLOAD_PIECE = 4 * 1024 * 1024
 MAX_BACKOFF = 30.0
@@ -80,6 +83,7 @@ class SyncTask:
         self._writers: Counter[int] = Counter()
         self._fsynced: dict[int, float] = {}  # inode -> its change time when last fsynced
         self._lock = trio.Lock()
+        self._large_uploads = trio.CapacityLimiter(LARGE_UPLOADS)
         self._wake = trio.Event()
         self._stopping = False
         self._loading: dict[int, trio.Event] = {}
@@ -245,7 +249,10 @@ class SyncTask:
                     raise FileChanged(inode)
                 ref, data = Ref.INLINE, content
             else:
-                ref, data = Ref.DATA_ID, await self.remote.upload(self._pieces(fd, size), size)
+                large = size > UPLOAD_PIECE
+                async with self._large_uploads if large else contextlib.nullcontext():
+                    data = await self.remote.upload(self._pieces(fd, size), size)
+                ref = Ref.DATA_ID
         finally:
             os.close(fd)
         if not self.meta.mark_uploaded(inode, generation, ref, data, size, mtime_ns):
