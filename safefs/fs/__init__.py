@@ -17,6 +17,7 @@ This module holds the constants shared by them, and :func:`run_all`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -34,6 +35,10 @@ INLINE_MAX = 16 * 1024
 #: ... as long as the inline content of one directory stays under this, since every version of
 #: the record carries all of it.
 INLINE_BUDGET = 1024 * 1024
+
+#: Worker threads for CPU work (record encoding and decoding) per kind of work: leave cores to
+#: the FUSE requests and the gateway.
+CPU_THREADS = max(1, (os.cpu_count() or 2) // 2)
 
 #: Longest file name (bytes), as reported by statfs.
 NAME_MAX = 255

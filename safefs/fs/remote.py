@@ -18,7 +18,7 @@ import blake3
 import trio
 
 from safefs.client import GatewayClient, GatewayUnavailable, Reader, Unauthorized
-from safefs.fs import APP_INFO, DIR_TAG, ROOT_CONTEXT
+from safefs.fs import APP_INFO, CPU_THREADS, DIR_TAG, ROOT_CONTEXT
 from safefs.fs.dirrecord import DirRecord, Ref
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Remote:
         self.on_unreachable = on_unreachable
         self._readers: OrderedDict[bytes, Reader] = OrderedDict()
         self._opening: dict[bytes, trio.Lock] = {}
+        self._cpu = trio.CapacityLimiter(CPU_THREADS)
 
     async def connect(self) -> bytes:
         """Authorise as the mount's app; returns the root directory's record name."""
@@ -111,7 +112,7 @@ class Remote:
     async def read_dir(self, name: bytes) -> tuple[int, DirRecord, bytes]:
         """(version, record, encoded record) of the latest version (NotFound if none)."""
         version, data = await self._call(self.client.sd_read, name, DIR_TAG)
-        record = await trio.to_thread.run_sync(DirRecord.decode, data)
+        record = await trio.to_thread.run_sync(DirRecord.decode, data, limiter=self._cpu)
         return version, record, data
 
     async def create_dir(self, name: bytes, encoded: bytes) -> int:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
-from safefs.fs import INLINE_BUDGET, INLINE_MAX, run_all
+from safefs.fs import CPU_THREADS, INLINE_BUDGET, INLINE_MAX, run_all
 from safefs.fs.dirrecord import Ref
 from safefs.fs.merge import Copy, Take, conflict_name, merge
 from safefs.fs.meta import ROOT_INODE, DirState, Metadata
@@ -84,6 +84,7 @@ class SyncTask:
         self._fsynced: dict[int, float] = {}  # inode -> its change time when last fsynced
         self._lock = trio.Lock()
         self._large_uploads = trio.CapacityLimiter(LARGE_UPLOADS)
+        self._cpu = trio.CapacityLimiter(CPU_THREADS)
         self._wake = trio.Event()
         self._stopping = False
         self._loading: dict[int, trio.Event] = {}
@@ -280,7 +281,7 @@ class SyncTask:
             ino = self.meta.get(directory)
             generation = ino.dir_gen
             record, moved_upto = self.meta.build_record(directory)
-            encoded = await trio.to_thread.run_sync(record.encode)
+            encoded = await trio.to_thread.run_sync(record.encode, limiter=self._cpu)
             if ino.dir_state == DirState.LOADED and encoded == self.meta.base_encoded(directory):
                 assert ino.dir_version is not None
                 self.meta.mark_published(directory, generation, ino.dir_version, encoded,
