@@ -312,7 +312,13 @@ class Operations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> None:
         log.debug("rmdir %d %r", parent_inode, name)
         await self._dir(parent_inode)
-        child = await self._dir(self._child(parent_inode, name).id)
+        while True:  # load the directory, then check and remove without awaiting
+            child = self._child(parent_inode, name)
+            if not child.is_dir:
+                raise FUSEError(errno.ENOTDIR)
+            if child.dir_state != DirState.UNLOADED:
+                break
+            await self._dir(child.id)
         if self.meta.has_children(child.id):
             raise FUSEError(errno.ENOTEMPTY)
         self._release_inode(self.meta.remove(parent_inode, name))
