@@ -373,8 +373,17 @@ class SyncTask:
             start = self._poll_cursor % max(len(loaded), 1)
             loaded = (loaded[start:] + loaded[:start])[:POLL_BATCH]
             self._poll_cursor = start + len(loaded)
-        for directory, name, version in loaded:
+        moved: list[int] = []
+
+        async def check(entry: tuple[int, bytes, int]) -> None:
+            directory, name, version = entry
             if await self.remote.dir_version(name) != version:
+                moved.append(directory)
+
+        await run_all(check, loaded, PUBLISH_CONNECTIONS)
+        # Parents first: merging one may remove a child that moved too (then it is skipped).
+        for directory in sorted(moved, key=self.meta.depth):
+            if directory == ROOT_INODE or self.meta.name_of(directory) is not None:
                 await self.merge_remote(directory)
                 await self.publish(directory)
 
