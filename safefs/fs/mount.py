@@ -256,7 +256,10 @@ class Gateway:
         if self._process is not None and self._process.poll() is not None:
             log.warning("the embedded gateway exited with %s; starting it again",
                         self._process.returncode)
-            self.url = await self._start(self.url.rpartition("//")[2])
+            try:  # on the same address: the client keeps its URL
+                await self._start(self.url.rpartition("//")[2])
+            except MountError as exc:
+                log.warning("%s; trying again", exc)
 
     async def _start(self, listen: str | None = None) -> str:
         from safefs.gateway import read_info
