@@ -133,6 +133,7 @@ def _start_daemon(args: argparse.Namespace, mountpoint: Path) -> None:
         notify.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:])
         with open(log_path, "ab") as log:
+            log_start = log.tell()
             daemon = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=log, start_new_session=True)
         deadline = time.monotonic() + MOUNT_TIMEOUT
@@ -143,15 +144,18 @@ def _start_daemon(args: argparse.Namespace, mountpoint: Path) -> None:
             except TimeoutError:
                 pass
             if daemon.poll() is not None:
-                raise QuietError(_last_error(log_path) or
+                raise QuietError(_last_error(log_path, log_start) or
                                  f"the mount daemon exited with {daemon.returncode}")
         daemon.terminate()
         raise QuietError(f"the mount did not come up within {MOUNT_TIMEOUT:.0f} s "
                          f"(log: {log_path})")
 
 
-def _last_error(log_path: Path) -> str:
-    lines = log_path.read_text(errors="replace").splitlines()
+def _last_error(log_path: Path, start: int) -> str:
+    """The daemon's one-line error among what it logged from ``start`` on."""
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        lines = log.read().decode(errors="replace").splitlines()
     for line in reversed(lines):
         if line.startswith("safefs: "):
             return line.removeprefix("safefs: ")
