@@ -202,7 +202,7 @@ class Metadata:
         self.owner = owner
         self.on_change: Callable[[], None] = lambda: None
         new = not path.exists()
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         if new:
