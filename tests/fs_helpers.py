@@ -33,15 +33,15 @@ FAST = ("--upload-delay", "0.2", "--poll-interval", "1")
 @dataclass
 class Mount:
     env: SafefsEnv
-    gateway: GatewayProcess
+    gateway: GatewayProcess | None  # None: no --gateway (the mount finds or starts one)
     path: Path
     args: tuple[str, ...] = FAST
     pid: int = field(default=0, init=False)
 
     def mount(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        result = self.env.run_cli("mount", str(self.path), "--gateway", self.gateway.url,
-                                  *self.args)
+        gateway = ("--gateway", self.gateway.url) if self.gateway else ()
+        result = self.env.run_cli("mount", str(self.path), *gateway, *self.args)
         assert result.returncode == 0, result.stderr + self.log()
         self.pid = self.status()["pid"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests import fs_helpers
 from tests.conftest import SafefsEnv
-from tests.fs_helpers import FAST, Mount, wait_for
+from tests.fs_helpers import Mount, wait_for
 
 mount_factory, mounted = fs_helpers.mount_factory, fs_helpers.mounted  # the fixtures
 
@@ -25,31 +25,29 @@ def _gateway_info(env: SafefsEnv) -> dict:
 @fs_helpers.needs_fuse
 def test_embedded_gateway_lifecycle(safefs_env: SafefsEnv, tmp_path: Path) -> None:
     """No gateway anywhere: mount starts one (creating the account) and restarts it if it
-    dies; umount stops it."""
-    path = tmp_path / "mnt"
-    path.mkdir()
-    result = safefs_env.run_cli("mount", str(path), *FAST)
-    assert result.returncode == 0, result.stderr
+    dies; umount stops it, and so does a kill -9 of the daemon."""
+    mount = Mount(safefs_env, None, tmp_path / "mnt")
+    mount.mount()
     try:
         assert (Path(safefs_env.env["XDG_CONFIG_HOME"]) / "safefs" / "account.key").exists()
         first = _gateway_info(safefs_env)
-        (path / "before").write_text("1")
+        (mount.path / "before").write_text("1")
         os.kill(first["pid"], signal.SIGKILL)
-        (path / "after").write_text("2")
+        (mount.path / "after").write_text("2")
         wait_for(lambda: _gateway_info(safefs_env).get("pid") not in (None, first["pid"]),
                  "the gateway to be restarted")
-        assert safefs_env.run_cli("sync", str(path)).returncode == 0
+        assert mount.sync().returncode == 0
         second = _gateway_info(safefs_env)
+        mount.umount()
+        wait_for(lambda: not _alive(second["pid"]), "the embedded gateway to stop")
+        # The data went up: a new mount (with a new embedded gateway) shows it.
+        mount.mount()
+        assert sorted(os.listdir(mount.path)) == ["after", "before"]
+        embedded = _gateway_info(safefs_env)["pid"]
+        mount.kill()  # kill -9 of the daemon takes its gateway along
+        wait_for(lambda: not _alive(embedded), "the orphaned gateway to stop")
     finally:
-        result = safefs_env.run_cli("umount", str(path))
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: not _alive(second["pid"]), "the embedded gateway to stop")
-    # The data went up: a new mount (with a new embedded gateway) shows it.
-    assert safefs_env.run_cli("mount", str(path), *FAST).returncode == 0
-    try:
-        assert sorted(os.listdir(path)) == ["after", "before"]
-    finally:
-        assert safefs_env.run_cli("umount", str(path)).returncode == 0
+        mount.cleanup()
 
 
 def _alive(pid: int) -> bool:

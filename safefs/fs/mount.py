@@ -230,11 +230,22 @@ def _status(sync: SyncTask, gateway: Gateway, mountpoint: Path, cache_dir: Path,
     return status
 
 
+# Runs ``python -m safefs ARGS`` in this process, which gets SIGTERM when the daemon that
+# started it dies, even by SIGKILL (PR_SET_PDEATHSIG outlives the exec).
+_EXEC_TIED_TO_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the mount daemon is gone")
+os.execv(sys.executable, [sys.executable, "-m", "safefs", *sys.argv[2:]])
+"""
+
+
 class Gateway:
     """The gateway this mount talks to, started here (embedded) when none is available.
 
-    An embedded gateway is a child process on the local store; it is restarted if it dies
-    and stopped with the mount.
+    An embedded gateway is a child process on the local store: restarted if it dies, stopped
+    with the mount, and gone with the daemon even if that is killed.
     """
 
     def __init__(self, url: str | None) -> None:
@@ -267,8 +278,8 @@ class Gateway:
         listen = listen or (EMBEDDED_LISTEN if _port_free(EMBEDDED_LISTEN) else "127.0.0.1:0")
         log.info("no gateway running: starting one on %s", listen)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "safefs", "gateway", "--listen", listen],
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [sys.executable, "-c", _EXEC_TIED_TO_PARENT, str(os.getpid()), "gateway",
+             "--listen", listen], stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + GATEWAY_START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
