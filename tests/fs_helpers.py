@@ -24,8 +24,9 @@ import pytest
 
 from tests.conftest import GatewayProcess, SafefsEnv
 
-HAVE_FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-needs_fuse = pytest.mark.skipif(not HAVE_FUSE, reason="needs /dev/fuse and fusermount3")
+HAVE_FUSE = os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
+needs_fuse = pytest.mark.skipif(not HAVE_FUSE,
+                                reason="needs a usable /dev/fuse and fusermount3")
 
 FAST = ("--upload-delay", "0.2", "--poll-interval", "1")
 
@@ -117,7 +118,7 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0) 
 def mount_factory(safefs_env: SafefsEnv, gateway: GatewayProcess,
                   tmp_path: Path) -> Iterator:
     if not HAVE_FUSE:
-        pytest.skip("needs /dev/fuse and fusermount3")
+        pytest.skip("needs a usable /dev/fuse and fusermount3")
     made: list[Mount] = []
 
     def make(name: str = "mnt", on: GatewayProcess | None = None,
