@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,18 +52,36 @@ class SafefsEnv:
                               cwd=self.root)
 
 
-def _isolated_env(root: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
-    env = dict(os.environ)
-    for var in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR"):
-        env.pop(var, None)
-        monkeypatch.delenv(var, raising=False)
-    for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
-                     ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
-        path = root / sub
-        path.mkdir(parents=True)
-        env[var] = str(path)
-        monkeypatch.setenv(var, str(path))
+_ISOLATED_VARS = (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
+                  ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"))
+
+
+def isolated_env(root: Path) -> SafefsEnv:
+    """HOME and XDG_* under ``root`` (created), nothing pointing at a gateway already running."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR")}
+    for var, sub in _ISOLATED_VARS:
+        (root / sub).mkdir(parents=True)
+        env[var] = str(root / sub)
     return SafefsEnv(root, env)
+
+
+def another_device(env: SafefsEnv, root: Path) -> SafefsEnv:
+    """A second device of the same account: its own HOME and XDG_* dirs, the same account key."""
+    other = isolated_env(root)
+    key = Path("safefs") / "account.key"
+    (Path(other.env["XDG_CONFIG_HOME"]) / "safefs").mkdir(mode=0o700)
+    shutil.copy2(Path(env.env["XDG_CONFIG_HOME"]) / key, Path(other.env["XDG_CONFIG_HOME"]) / key)
+    return other
+
+
+def _isolated_env(root: Path, monkeypatch: pytest.MonkeyPatch) -> SafefsEnv:
+    """:func:`isolated_env`, also applied to this process's environment."""
+    for var in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    safefs_env = isolated_env(root)
+    for var, _ in _ISOLATED_VARS:
+        monkeypatch.setenv(var, safefs_env.env[var])
+    return safefs_env
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from safefs import selfenc
 from safefs.gateway.chain import INSECURE_LISTENER
 
-from .conftest import GatewayProcess, SafefsEnv
+from .conftest import GatewayProcess, isolated_env
 
 TOKEN_PREFIX = "chain_"
 SMALL = 3 * 1024
@@ -100,12 +100,7 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> str:
 @pytest.fixture(scope="module")
 def shared_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("chain")
-    env = {k: v for k, v in os.environ.items() if k not in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR")}
-    for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
-                     ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
-        (root / sub).mkdir()
-        env[var] = str(root / sub)
-    gateway = GatewayProcess(SafefsEnv(root, env), f"file://{root / 'store'}", [])
+    gateway = GatewayProcess(isolated_env(root), f"file://{root / 'store'}", [])
     gateway.start()
     yield gateway
     gateway.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests import fs_helpers
-from tests.conftest import GatewayProcess, SafefsEnv
+from tests.conftest import GatewayProcess, SafefsEnv, another_device
 from tests.fs_helpers import FAST, Mount, make_file, sha256_file, wait_for
 
 mount_factory, mounted = fs_helpers.mount_factory, fs_helpers.mounted  # the fixtures
@@ -181,15 +180,7 @@ def test_two_mounts_of_one_account(mount_factory) -> None:
 def test_two_gateways_sharing_one_store(gateway: GatewayProcess, safefs_env: SafefsEnv,
                                         tmp_path: Path) -> None:
     """Another machine: its own gateway and state, the same account, the same store."""
-    other_env = SafefsEnv(tmp_path / "other", dict(safefs_env.env))
-    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
-        path = other_env.root / var.lower()
-        path.mkdir(parents=True)
-        other_env.env[var] = str(path)
-    key = Path("safefs") / "account.key"
-    (Path(other_env.env["XDG_CONFIG_HOME"]) / "safefs").mkdir(mode=0o700)
-    shutil.copy2(Path(safefs_env.env["XDG_CONFIG_HOME"]) / key,
-                 Path(other_env.env["XDG_CONFIG_HOME"]) / key)
+    other_env = another_device(safefs_env, tmp_path / "other")
     other_gateway = GatewayProcess(other_env, gateway.store_url, [])
     other_gateway.start()
     left = Mount(safefs_env, gateway, tmp_path / "left")

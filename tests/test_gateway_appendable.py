@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import GatewayProcess, SafefsEnv
+from tests.conftest import GatewayProcess, isolated_env
 from tests.test_gateway_structured import INVALID_SUCCESSOR, OTHER_APP, Api, b64, new_name
 
 INVALID_AD = {"errorCode": -1515, "description": "FfiError::InvalidAppendableDataHandle"}
@@ -88,13 +87,7 @@ def anonymous(http) -> AdApi:
 @pytest.fixture
 def other_account(gateway, tmp_path) -> Iterator[GatewayProcess]:
     """A gateway of another account (its own HOME) on the same store."""
-    root = tmp_path / "other-account"
-    env = dict(os.environ)
-    for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
-                     ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
-        (root / sub).mkdir(parents=True)
-        env[var] = str(root / sub)
-    other = GatewayProcess(SafefsEnv(root, env), gateway.store_url, [])
+    other = GatewayProcess(isolated_env(tmp_path / "other-account"), gateway.store_url, [])
     other.start()
     yield other
     other.stop()

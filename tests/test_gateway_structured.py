@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import shutil
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +23,7 @@ from safefs.model import (
 )
 from safefs.store import open_store
 
-from .conftest import GatewayProcess, SafefsEnv
+from .conftest import GatewayProcess, another_device
 
 OTHER_APP = {"name": "other app", "id": "other.app", "vendor": "safefs", "version": "1.0"}
 
@@ -344,24 +342,12 @@ async def test_handles_belong_to_their_session(gateway, http, api, anonymous):
     assert await other.metadata(public) == {"isOwner": True, "version": 0}
 
 
-def second_device(gateway: GatewayProcess, root: Path) -> GatewayProcess:
-    """A gateway of the same account on another device (own HOME and data dir), same store."""
-    env = dict(gateway.env.env)
-    for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
-                     ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
-        (root / sub).mkdir(parents=True)
-        env[var] = str(root / sub)
-    key = Path(gateway.env.env["XDG_CONFIG_HOME"]) / "safefs" / "account.key"
-    (root / "config" / "safefs").mkdir(mode=0o700)
-    shutil.copy2(key, root / "config" / "safefs" / "account.key")
-    return GatewayProcess(SafefsEnv(root, env), gateway.store_url, [])
-
-
 async def test_racing_posts_one_wins(gateway_factory, tmp_path):
     """Two gateways of one account on one store POST successors of the same version: exactly
     one wins."""
     gateways = [gateway_factory(), None]
-    gateways[1] = second_device(gateways[0], tmp_path / "device2")
+    gateways[1] = GatewayProcess(another_device(gateways[0].env, tmp_path / "device2"),
+                                 gateways[0].store_url, [])
     gateways[1].start()
     async with httpx.AsyncClient(base_url=gateways[0].url, timeout=60) as first, \
             httpx.AsyncClient(base_url=gateways[1].url, timeout=60) as second:

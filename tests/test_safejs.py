@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -31,7 +30,7 @@ from safefs.client import GatewayClient
 from safefs.gateway import ADMIN_HEADER
 from safefs.model import DataIdentifier, DataKind
 
-from .conftest import GatewayProcess, SafefsEnv
+from .conftest import GatewayProcess, isolated_env
 
 SAFEJS_DIR = Path(__file__).parent / "safejs"
 SAFEJS_VERSION = "0.3.3"
@@ -62,16 +61,6 @@ def node_modules() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=SAFEJS_DIR, check=True,
                        capture_output=True, timeout=600)
     assert installed_version() == SAFEJS_VERSION
-
-
-def isolated_env(root: Path) -> SafefsEnv:
-    """HOME and XDG_* under ``root`` for the gateway process (as the ``safefs_env`` fixture)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SAFEFS_GATEWAY", "XDG_RUNTIME_DIR")}
-    for var, sub in (("HOME", "home"), ("XDG_CONFIG_HOME", "config"),
-                     ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache")):
-        (root / sub).mkdir(parents=True)
-        env[var] = str(root / sub)
-    return SafefsEnv(root, env)
 
 
 @pytest.fixture(scope="module")
