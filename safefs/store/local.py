@@ -50,6 +50,8 @@ FORMAT_FILE = "format"
 CHUNKS_DIR = "chunks"
 TEMP_DIR = "tmp"
 RECORDS_DB = "records.sqlite"
+#: New chunks counted in memory before the totals row is updated (one transaction per batch).
+TOTALS_BATCH = 64
 # Every name a store directory may hold (SQLite keeps its -wal/-shm/-journal beside the database).
 # A directory holding anything else and no format file is not ours: refuse to write into it.
 LAYOUT_NAMES = frozenset({FORMAT_FILE, CHUNKS_DIR, TEMP_DIR, RECORDS_DB, f"{RECORDS_DB}-wal",
@@ -98,6 +100,11 @@ class LocalStore(Store):
         # Idle connections; a call takes one for its duration, so none is used by two threads.
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
+        # New chunks not yet added to the totals row: counted in memory and written in batches,
+        # because a durable transaction per chunk cost as much as writing the chunk itself.
+        self._unsaved_chunks = 0
+        self._unsaved_bytes = 0
+        self._totals_lock = threading.Lock()
         try:
             self._open_layout()
         except BaseException as exc:
@@ -243,12 +250,26 @@ class LocalStore(Store):
         _fsync_dir(self._chunks_dir)
 
     def _count_new_chunk(self, size: int) -> None:
+        with self._totals_lock:
+            self._unsaved_chunks += 1
+            self._unsaved_bytes += size
+            due = self._unsaved_chunks >= TOTALS_BATCH
+        if due:
+            self._save_totals()
+
+    def _save_totals(self) -> None:
+        """Add the chunks counted in memory to the totals row (deltas, so processes add up)."""
+        with self._totals_lock:
+            chunks, size = self._unsaved_chunks, self._unsaved_bytes
+            self._unsaved_chunks = self._unsaved_bytes = 0
+        if not chunks:
+            return
         try:
             with self._transaction() as db:
-                db.execute("UPDATE totals SET chunk_count = chunk_count + 1, "
-                           "chunk_bytes = chunk_bytes + ?", (size,))
+                db.execute("UPDATE totals SET chunk_count = chunk_count + ?, "
+                           "chunk_bytes = chunk_bytes + ?", (chunks, size))
         except StoreError as exc:
-            # The chunk itself is durably stored; totals are statistics and must not fail it.
+            # The chunks themselves are durably stored; totals are statistics and must not fail.
             log.warning("chunk totals not updated: %s", exc)
 
     def _get_chunk(self, name: bytes) -> bytes:
@@ -306,6 +327,7 @@ class LocalStore(Store):
         return [version for (version,) in rows]
 
     def _stats(self) -> StoreStats:
+        self._save_totals()
         with self._db() as db:
             chunk_count, chunk_bytes, record_count = db.execute(
                 "SELECT chunk_count, chunk_bytes, record_count FROM totals").fetchone()
@@ -371,6 +393,7 @@ class LocalStore(Store):
                 raise
 
     def _close(self) -> None:
+        self._save_totals()
         with self._pool_lock:
             idle, self._idle = self._idle, []
         for db in idle:
