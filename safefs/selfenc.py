@@ -22,7 +22,7 @@ import re
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -413,18 +413,17 @@ def _encrypt_level(
     settings: Settings,
     threads: int,
     level: int,
-    reread: Callable[[int, int], Any] | None,
 ) -> DataMap:
-    """Encrypt one level (file data, or a serialized map) as a stream.
+    """Encrypt one level (file data, or a serialized map) read once as a stream.
 
     Chunks 2.. are encrypted as soon as they and their two predecessors are hashed. Chunks 0
     and 1 need the last two hashes: they are compressed at once and their (smaller) compressed
-    form is kept, or, given ``reread``, dropped and read again at the end. At most ``threads``
-    chunks are in flight plus the one being read, so memory stays a few chunks whatever the size.
+    form is kept until the end. At most ``threads`` chunks are in flight plus the one being read,
+    so memory stays a few chunks whatever the size. (Seekable files go through
+    :class:`FileEncryptor`, which reads chunks 0 and 1 again instead of keeping them.)
     """
     sizes = chunk_sizes(size, settings.max_chunk_size)
     count = len(sizes)
-    starts = list(itertools.accumulate(sizes, initial=0))
     src: list[bytes] = []  # grows as chunks are read; a worker reads only entries already there
     dst: list[bytes] = [b""] * count
     quality = settings.compression_quality
@@ -448,19 +447,12 @@ def _encrypt_level(
             src.append(_hash(plain))
             if index >= 2:
                 in_flight.append(pool.submit(encrypt, index, plain))
-            elif reread is None:
+            else:
                 heads.append(pool.submit(compress, plain, quality))
                 in_flight.append(heads[-1])
             del plain
         for index in (0, 1):
-            if reread is None:
-                in_flight.append(pool.submit(seal_and_put, index, heads[index].result()))
-                continue
-            plain = _read_exactly(lambda n, i=index: reread(starts[i], n), sizes[index])
-            if _hash(plain) != src[index]:
-                raise InputChanged(f"bytes {starts[index]}..{starts[index + 1]} changed")
-            in_flight.append(pool.submit(encrypt, index, plain))
-            del plain
+            in_flight.append(pool.submit(seal_and_put, index, heads[index].result()))
         for future in in_flight:
             future.result()
     finally:
@@ -470,31 +462,150 @@ def _encrypt_level(
     )
 
 
+def _shrink(
+    datamap: DataMap, put: Callable[[bytes, bytes], None], settings: Settings, threads: int
+) -> DataMap:
+    """Self-encrypt a map of more than three chunks into child levels until three remain."""
+    while len(datamap.chunks) > 3:
+        serialized = datamap.to_bytes()
+        datamap = _encrypt_level(
+            len(serialized), _reader(serialized), put, settings, threads, datamap.level + 1
+        )
+    return datamap
+
+
 def encrypt_stream(
     size: int,
     read: Callable[[int], Any],
     put: Callable[[bytes, bytes], None],
     settings: Settings = DEFAULT_SETTINGS,
     threads: int = 2,
-    reread: Callable[[int, int], Any] | None = None,
 ) -> DataMap:
     """Self-encrypt ``size`` bytes given by ``read(n)`` (the next n bytes) in bounded memory.
 
     ``put(name, chunk)`` stores one encrypted chunk; it is called from worker threads, for every
-    chunk including those of the shrunk maps, before this returns. ``reread(offset, n)``, for
-    seekable inputs, lets chunks 0 and 1 be read twice instead of kept (compressed) in memory.
-    Returns the DataMap to keep: three chunks, with ``child`` set when the data had more.
+    chunk including those of the shrunk maps, before this returns. Returns the DataMap to keep:
+    three chunks, with ``child`` set when the data had more.
     """
     if threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
-    datamap = _encrypt_level(size, read, put, settings, threads, 0, reread)
+    datamap = _encrypt_level(size, read, put, settings, threads, 0)
     log.debug("encrypted %d bytes into %d chunks", size, len(datamap.chunks))
-    while len(datamap.chunks) > 3:
-        serialized = datamap.to_bytes()
-        datamap = _encrypt_level(
-            len(serialized), _reader(serialized), put, settings, threads, datamap.level + 1, None
-        )
-    return datamap
+    return _shrink(datamap, put, settings, threads)
+
+
+class FileEncryptor:
+    """Self-encrypts a file, possibly while it is still being appended to (a spooled upload).
+
+    Once a file holds ``3 x max_chunk_size`` bytes, every chunk but the last is max-sized
+    whatever the final size, and chunk i >= 2 is keyed by chunks i-1 and i-2 only: such chunks
+    are encrypted as soon as :meth:`advance` says they are written. Chunks 0 and 1 need the last
+    two hashes, so :meth:`finish` reads them again (and checks they did not change) rather than
+    keep them. Work runs on ``executor`` with at most ``max_in_flight`` chunks of this file queued
+    or running; :meth:`advance` and :meth:`finish` block (in the caller's thread) while that many
+    are, which is the backpressure on whoever feeds the file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        put: Callable[[bytes, bytes], None],
+        settings: Settings,
+        executor: Executor,
+        max_in_flight: int,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self._fd = fd
+        self._put = put
+        self._settings = settings
+        self._executor = executor
+        self._max_in_flight = max_in_flight
+        self._src: list[bytes] = []  # plaintext hashes of the chunks read so far, in order
+        self._dst: dict[int, bytes] = {}
+        self._in_flight: deque[Future[None]] = deque()
+
+    def advance(self, available: int) -> None:
+        """Bytes ``[0, available)`` are final: encrypt the chunks that are now known."""
+        maximum = self._settings.max_chunk_size
+        if available < 3 * maximum:
+            return
+        for index in range(len(self._src), available // maximum):
+            self._take(index, index * maximum, maximum)
+
+    def finish(self, size: int) -> DataMap:
+        """Encrypt the rest of a file of ``size`` bytes; its DataMap (shrunk to three chunks)."""
+        sizes = chunk_sizes(size, self._settings.max_chunk_size)
+        starts = list(itertools.accumulate(sizes, initial=0))
+        done = len(self._src)
+        if done > len(sizes) or any(n != self._settings.max_chunk_size for n in sizes[:done]):
+            raise InputChanged(f"the file shrank to {size} bytes while it was being encrypted")
+        for index in range(done, len(sizes)):
+            self._take(index, starts[index], sizes[index])
+        for index in (0, 1):
+            plain = self._read(starts[index], sizes[index])
+            if _hash(plain) != self._src[index]:
+                raise InputChanged(f"bytes {starts[index]}..{starts[index + 1]} changed")
+            self._submit(index, plain, len(sizes))
+        self.wait()
+        datamap = DataMap(tuple(
+            ChunkInfo(i, self._dst[i], self._src[i], n) for i, n in enumerate(sizes)))
+        log.debug("encrypted %d bytes into %d chunks", size, len(sizes))
+        return _shrink(datamap, self._put, self._settings, self._max_in_flight)
+
+    def rewind(self, size: int) -> None:
+        """The file was cut back to ``size`` bytes: forget the chunks past it."""
+        failed = self._wait_quietly()
+        maximum = self._settings.max_chunk_size
+        keep = size // maximum if size >= 3 * maximum and not failed else 0
+        del self._src[keep:]
+        for index in [i for i in self._dst if i >= keep]:
+            del self._dst[index]
+
+    def _wait_quietly(self) -> bool:
+        """Wait for every queued chunk; whether any failed (they are redone from scratch)."""
+        failed = False
+        while self._in_flight:
+            try:
+                self._in_flight.popleft().result()
+            except Exception:  # noqa: BLE001
+                failed = True
+        return failed
+
+    def wait(self) -> None:
+        """Wait for every queued chunk; raises the first failure."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def cancel(self) -> None:
+        """Drop queued chunks (those already running finish in the background)."""
+        for future in self._in_flight:
+            future.cancel()
+        self._in_flight.clear()
+
+    def _read(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise InputChanged(f"the file gave {len(data)} bytes at {offset}, not {size}")
+        return data
+
+    def _take(self, index: int, offset: int, size: int) -> None:
+        plain = self._read(offset, size)
+        self._src.append(_hash(plain))
+        if index >= 2:
+            self._submit(index, plain, index + 1)
+
+    def _submit(self, index: int, plain: bytes, known_count: int) -> None:
+        # Chunks >= 2 do not depend on the final count; 0 and 1 are submitted knowing it.
+        secrets = _chunk_secrets(self._src, max(known_count, 3), index, 0)
+        while len(self._in_flight) >= self._max_in_flight:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._executor.submit(self._encrypt, index, plain, secrets))
+
+    def _encrypt(self, index: int, plain: bytes, secrets: tuple[bytes, bytes, bytes]) -> None:
+        chunk = _seal(compress(plain, self._settings.compression_quality), secrets)
+        self._dst[index] = name = _hash(chunk)
+        self._put(name, chunk)
 
 
 def _reader(data: Any) -> Callable[[int], memoryview]:
@@ -527,16 +638,14 @@ def encrypt_file(
     threads: int = 2,
 ) -> DataMap:
     """Self-encrypt a regular file in bounded memory (chunks 0 and 1 are read twice)."""
-    with open(path, "rb", buffering=0) as file:
-        fd = file.fileno()
-        return encrypt_stream(
-            os.fstat(fd).st_size,
-            file.read,
-            put,
-            settings,
-            threads,
-            reread=lambda offset, n: os.pread(fd, n, offset),
-        )
+    with open(path, "rb", buffering=0) as file, ThreadPoolExecutor(
+        threads, thread_name_prefix="selfenc"
+    ) as pool:
+        encryptor = FileEncryptor(file.fileno(), put, settings, pool, threads)
+        try:
+            return encryptor.finish(os.fstat(file.fileno()).st_size)
+        finally:
+            encryptor.cancel()
 
 
 # --- Decryption ---

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from safefs import selfenc
 from safefs.errors import SafeError
 from safefs.gateway import blobs
-from safefs.gateway.core import ChunkCache
+from safefs.gateway.blobs import ChunkCache
 from safefs.model import CipherOpts
 from safefs.store import MemoryStore
 
@@ -53,15 +54,28 @@ def test_cache_is_bounded():
     assert cache.get(b"big") is None
 
 
-@pytest.mark.parametrize("size", [0, 1, 2, 3, 100_000])
-def test_root_chunk_envelope(size, tmp_path):
+@pytest.fixture
+def workers():
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def spooled(store, directory, workers, data: bytes, piece: int = 50_000) -> blobs.Spool:
+    spool = blobs.Spool(directory, store, SETTINGS, workers, 2)
+    for start in range(0, len(data), piece):
+        spool.write(data[start:start + piece])
+    return spool
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 100_000, 1_000_000])
+def test_root_chunk_envelope(size, tmp_path, workers):
     store = MemoryStore()
     data = os.urandom(size)
-    path = tmp_path / "file"
-    path.write_bytes(data)
     key = os.urandom(32)
     for opts, sym_key in ((CipherOpts.plain(), None), (CipherOpts.symmetric(key), key)):
-        name = blobs.store_file(store, path, opts, SETTINGS)
+        spool = spooled(store, tmp_path, workers, data)
+        name = spool.seal(opts)
+        spool.release()
         if sym_key is None:  # PLAIN is convergent: the same bytes get the same name
             assert name == blobs.store_bytes(store, data, opts, SETTINGS)
         blob = blobs.Blob(store, ChunkCache(1 << 20), name, sym_key)
@@ -83,3 +97,22 @@ def test_missing_and_damaged_data():
     with pytest.raises(SafeError) as info:
         blob.read(0, 150_000)
     assert info.value.code == -18
+
+
+def test_spool_cut_back_and_sealed_twice(tmp_path, workers):
+    """A failed append is cut back; a spool sealed, appended to and sealed again stores all."""
+    store = MemoryStore()
+    data = os.urandom(1_000_000)
+    spool = spooled(store, tmp_path, workers, data[:700_000])
+    spool.write(os.urandom(123_456))  # an append that then fails half-way
+    spool.truncate(700_000)
+    spool.write(data[700_000:800_000])
+    first = spool.seal(CipherOpts.plain())
+    spool.write(data[800_000:])
+    second = spool.seal(CipherOpts.plain())
+    spool.release()
+    assert not spool.path.exists()
+    cache = ChunkCache(1 << 20)
+    assert blobs.Blob(store, cache, first).read(0, 10**7) == data[:800_000]
+    assert blobs.Blob(store, cache, second).read(0, 10**7) == data
+    assert second == blobs.store_bytes(store, data, CipherOpts.plain(), SETTINGS)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from safefs.gateway import structured
-from safefs.gateway.core import ChunkCache
+from safefs.gateway.blobs import ChunkCache
 from safefs.gateway.records import AppKeys
 from safefs.model import (
     MAX_STRUCTURED_DATA_SIZE,

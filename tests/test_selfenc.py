@@ -9,6 +9,7 @@ import json
 import random
 import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -460,17 +461,53 @@ def test_short_reads_are_completed():
     assert (datamap, store) == encrypt(data)
 
 
-def test_input_changed_before_reread_is_refused():
+def _file_encryptor(path, store, pool):
+    file = open(path, "rb")  # noqa: SIM115 - closed by the caller's fixture scope
+    return file, selfenc.FileEncryptor(file.fileno(), store.__setitem__, SMALL, pool, 2)
+
+
+def test_file_encrypted_while_it_grows_matches_encrypt_bytes(tmp_path):
+    """An upload spooled in uneven appends, advanced after each one, gives the same result."""
+    data = random_bytes(13 * M + 7) + periodic(4 * M, 11)
+    path = tmp_path / "spool"
+    path.write_bytes(b"")
+    store: dict[bytes, bytes] = {}
+    with ThreadPoolExecutor(2) as pool:
+        file, encryptor = _file_encryptor(path, store, pool)
+        with file, open(path, "ab") as spool:
+            for start in range(0, len(data), 700_001):
+                spool.write(data[start : start + 700_001])
+                spool.flush()
+                encryptor.advance(min(len(data), start + 700_001))
+            assert len(store) >= 10  # most chunks were encrypted before finish
+            datamap = encryptor.finish(len(data))
+    assert (datamap, store) == encrypt(data)
+
+
+def test_input_changed_before_reread_is_refused(tmp_path):
     data = random_bytes(6 * M)
-    changed = b"!" + data[1:]
-    with pytest.raises(InputChanged, match="changed"):
-        selfenc.encrypt_stream(
-            len(data),
-            io.BytesIO(data).read,
-            lambda name, chunk: None,
-            SMALL,
-            reread=lambda offset, n: changed[offset : offset + n],
-        )
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    with ThreadPoolExecutor(2) as pool:
+        file, encryptor = _file_encryptor(path, {}, pool)
+        with file:
+            encryptor.advance(len(data))
+            with open(path, "r+b") as spool:
+                spool.write(b"!")
+            with pytest.raises(InputChanged, match="changed"):
+                encryptor.finish(len(data))
+
+
+def test_file_shrinking_after_advance_is_refused(tmp_path):
+    data = random_bytes(6 * M)
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    with ThreadPoolExecutor(2) as pool:
+        file, encryptor = _file_encryptor(path, {}, pool)
+        with file:
+            encryptor.advance(len(data))
+            with pytest.raises(InputChanged, match="shrank"):
+                encryptor.finish(4 * M)
 
 
 def test_failing_put_stops_encryption():
@@ -574,7 +611,7 @@ def test_child_level_must_decrease_when_resolving():
     serialized = looping.to_bytes()
     chunks: dict[bytes, bytes] = {}
     inner = selfenc._encrypt_level(
-        len(serialized), io.BytesIO(serialized).read, chunks.__setitem__, SMALL, 1, 1, None
+        len(serialized), io.BytesIO(serialized).read, chunks.__setitem__, SMALL, 1, 1
     )
     with pytest.raises(InvalidDataMap, match="level-1 DataMap holds a level-1 map"):
         Decryptor(inner, chunks.__getitem__)

@@ -17,10 +17,16 @@ Everything here is synchronous and runs in the gateway's worker threads.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import logging
 import os
+import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 
 import blake3
@@ -31,12 +37,47 @@ from safefs.errors import SafeError
 from safefs.model import CipherOpts, XorName
 from safefs.store import ChunkCorrupted, ChunkNotFound, Store
 
-from .core import ChunkCache
-
 log = logging.getLogger(__name__)
 
 _DATAMAP = 0x00
 _INLINE = 0x01
+
+
+class ChunkCache:
+    """A bounded LRU of decrypted chunks keyed by their encrypted name, safe across threads.
+
+    Readers of one file share it, so sequential small reads decrypt each chunk once.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._capacity = capacity_bytes
+        self._size = 0
+        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: bytes) -> bytes | None:
+        with self._lock:
+            data = self._chunks.get(name)
+            if data is not None:
+                self._chunks.move_to_end(name)
+            return data
+
+    def put(self, name: bytes, data: bytes) -> None:
+        if len(data) > self._capacity:
+            return
+        with self._lock:
+            old = self._chunks.pop(name, None)
+            if old is not None:
+                self._size -= len(old)
+            self._chunks[name] = data
+            self._size += len(data)
+            while self._size > self._capacity:
+                _, evicted = self._chunks.popitem(last=False)
+                self._size -= len(evicted)
+
+    @property
+    def size(self) -> int:
+        return self._size
 
 
 def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
@@ -46,13 +87,76 @@ def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
     return XorName(name)
 
 
-def store_file(store: Store, path: Path, opts: CipherOpts,
-               settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS, threads: int = 2) -> XorName:
-    """Self-encrypt the file at ``path`` into the store; the ImmutableData's name."""
-    if os.stat(path).st_size < selfenc.MIN_ENCRYPTABLE_BYTES:
-        return _store_root(store, bytes([_INLINE]) + path.read_bytes(), opts)
-    datamap = selfenc.encrypt_file(path, store.put_chunk, settings, threads)
-    return _store_root(store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
+class Spool:
+    """An upload on its way into the store: a temporary file, self-encrypted as it grows.
+
+    Appended bytes go to the file and, once they are final (:meth:`write` by default), to a
+    :class:`selfenc.FileEncryptor` running on the gateway's shared workers, so a large upload
+    is mostly encrypted by the time it ends. :meth:`seal` finishes it and stores the root chunk.
+    Synchronous: the gateway calls it from worker threads, one call at a time.
+    """
+
+    def __init__(self, directory: Path, store: Store, settings: selfenc.Settings,
+                 executor: Executor, max_in_flight: int, *, prefix: str = "spool-",
+                 head: bytes = b"", md5: bool = False) -> None:
+        """``head`` starts the content (a salt); ``md5`` keeps the MD5 of what follows it."""
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+        self.path = Path(name)
+        self.size = 0
+        self._fd = fd
+        self._store = store
+        self._new_encryptor = functools.partial(selfenc.FileEncryptor, fd, store.put_chunk,
+                                                settings, executor, max_in_flight)
+        self._encryptor = self._new_encryptor()
+        self._md5 = None
+        self.write(head, final=False)
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+
+    def write(self, data: bytes, final: bool = True) -> None:
+        """Append ``data``; unless ``final`` is false, encrypt what is complete of it."""
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(self._fd, view, self.size + len(data) - len(view)):]
+        self.size += len(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        if final:
+            self._encryptor.advance(self.size)
+
+    def truncate(self, size: int) -> None:
+        """Cut the upload back to ``size`` bytes (an append that failed half-way)."""
+        self._encryptor.rewind(size)
+        os.ftruncate(self._fd, size)
+        self.size = size
+        self._md5 = None  # no longer the digest of the content
+
+    def md5(self) -> str | None:
+        """The MD5 of the content after the head, if asked for."""
+        return None if self._md5 is None else self._md5.hexdigest()
+
+    def seal(self, opts: CipherOpts) -> XorName:
+        """Encrypt the rest, store the root chunk; the ImmutableData's name.
+
+        The spool stays usable: appending more and sealing again stores the longer content.
+        """
+        self._encryptor.advance(self.size)
+        encryptor, self._encryptor = self._encryptor, self._new_encryptor()
+        if self.size < selfenc.MIN_ENCRYPTABLE_BYTES:
+            return _store_root(store=self._store, opts=opts,
+                               envelope=bytes([_INLINE]) + os.pread(self._fd, self.size, 0))
+        try:
+            datamap = encryptor.finish(self.size)
+        finally:
+            encryptor.cancel()
+        return _store_root(self._store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
+
+    def release(self) -> None:
+        """Drop the upload: queued chunks are cancelled and the file removed."""
+        self._encryptor.cancel()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
 
 
 def store_bytes(store: Store, data: bytes, opts: CipherOpts,

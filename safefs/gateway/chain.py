@@ -24,12 +24,11 @@ manage the keys with the local admin secret. docs/chainapi.md is the user-facing
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -42,9 +41,20 @@ from safefs.errors import SafeError
 
 from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
-from .chaindata import TOKEN_PATTERN, ChainData, Entry, new_spool
+from .blobs import Spool
+from .chaindata import TOKEN_PATTERN, ChainData, Entry
 from .immutable import READ_PIECE
-from .routing import Access, ApiError, Call, Routes, StreamedResponse, decimal, not_valid
+from .routing import (
+    Access,
+    ApiError,
+    Call,
+    Routes,
+    RunSync,
+    StreamedResponse,
+    batched,
+    decimal,
+    not_valid,
+)
 
 if TYPE_CHECKING:
     from .core import Gateway
@@ -135,7 +145,7 @@ class Services:
             services = state.chain = cls(
                 KeyStore(gateway.state_db, gateway.account),
                 ChainData(gateway.store, gateway.account, gateway.chunk_cache,
-                          gateway.settings.selfenc, gateway.settings.threads))
+                          gateway.new_spool, gateway.settings.selfenc))
         return services
 
 
@@ -247,19 +257,19 @@ async def put_data(call: ChainCall) -> Response:
     if room is not None and int(headers.get("content-length", 0)) > room:
         raise bad_request(CAP_EXCEEDED)
     metadata = header_text(headers, METADATA_HEADER)
-    spool = await call.gateway.run_sync(new_spool, call.gateway.spool_dir)
+    run_sync = call.gateway.run_sync
+    spool = await run_sync(call.services.data.new_spool)
     try:
-        size, md5 = await _spool(call.request.stream(), spool, limit, room)
+        size = await _spool(call.request.stream(), spool, run_sync, limit, room)
         if not keys.reserve(org, size):
             raise bad_request(CAP_EXCEEDED)
         try:
-            entry = await call.gateway.run_sync(call.services.data.put_file, spool, org, md5,
-                                                metadata)
+            entry = await run_sync(call.services.data.put_spool, spool, org, metadata)
         except BaseException:
             keys.release(org, size)
             raise
     finally:
-        spool.unlink(missing_ok=True)
+        spool.release()
     return success({"referenceToken": entry.token})
 
 
@@ -287,26 +297,24 @@ def body_limit(headers: Headers) -> int | None:
     return SMALL_DATA_BYTES if hint_bytes < SMALL_DATA_BYTES else None
 
 
-async def _spool(body: AsyncIterator[bytes], path: Path, limit: int | None,
-                 room: int | None) -> tuple[int, str]:
-    """Append up to ``limit`` bytes of ``body`` to ``path`` (draining the rest); (size, MD5).
+async def _spool(body: AsyncIterator[bytes], spool: Spool, run_sync: RunSync,
+                 limit: int | None, room: int | None) -> int:
+    """Append up to ``limit`` bytes of ``body`` to ``spool`` (draining the rest); the size.
 
     Stops with the cap error as soon as the data outgrows ``room``.
     """
-    md5 = hashlib.md5(usedforsecurity=False)
     size = 0
-    async with await trio.open_file(path, "ab") as file:
-        async for piece in body:
+    async with aclosing(batched(body)) as batches:
+        async for batch in batches:
             if limit is not None:
-                piece = piece[:limit - size]
-            if not piece:
+                batch = batch[:limit - size]
+            if not batch:
                 continue
-            size += len(piece)
+            size += len(batch)
             if room is not None and size > room:
                 raise bad_request(CAP_EXCEEDED)
-            md5.update(piece)
-            await file.write(piece)
-    return size, md5.hexdigest()
+            await run_sync(spool.write, batch)
+    return size
 
 
 @chain_route("GET", [p + "/{token}" for p in SINGLE], read=True)

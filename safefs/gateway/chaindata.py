@@ -25,8 +25,7 @@ Keeping the index on the store rather than in the gateway's state database means
 of the account that shares the store resolves every token, and losing a gateway's state loses
 no data. The entry repeats its token, so a record moved to another key is detected.
 
-Everything here except :func:`new_spool` is synchronous and runs in the gateway's worker
-threads.
+Everything here is synchronous and runs in the gateway's worker threads.
 """
 
 from __future__ import annotations
@@ -34,13 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import blake3
 
@@ -50,7 +47,7 @@ from safefs.keys import Account
 from safefs.model import CipherOpts
 
 from . import blobs
-from .core import ChunkCache
+from .blobs import ChunkCache
 
 log = logging.getLogger(__name__)
 
@@ -91,36 +88,30 @@ class Content:
         return self._blob.read(self._offset + start, self._offset + end)
 
 
-def new_spool(directory: Path) -> Path:
-    """A temporary file for :meth:`ChainData.put_file`: append the data to it, then store it.
-
-    It starts with the salt, so the data never has to be copied to get one in front of it.
-    """
-    fd, name = tempfile.mkstemp(dir=directory, prefix="chain-")
-    with os.fdopen(fd, "wb") as file:
-        file.write(secrets.token_bytes(SALT_BYTES))
-    return Path(name)
-
-
 class ChainData:
     """Stores data under new reference tokens and finds it again."""
 
     def __init__(self, store, account: Account, cache: ChunkCache,
-                 settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS, threads: int = 2) -> None:
+                 new_spool: Callable[..., blobs.Spool],
+                 settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS) -> None:
         self._store = store
+        self._new_spool = new_spool
         self._cache = cache
         self._settings = settings
-        self._threads = threads
         self._index_key = account.derive(_INDEX_PURPOSE)
         self._data_key = account.derive(_DATA_PURPOSE)
         self._opts = CipherOpts.symmetric(self._data_key)
 
-    def put_file(self, spool: Path, org: str, md5: str, metadata: str | None = None) -> Entry:
-        """Self-encrypt a :func:`new_spool` file and give its data a new token."""
-        name = blobs.store_file(self._store, spool, self._opts, self._settings, self._threads)
-        size = os.stat(spool).st_size - SALT_BYTES
-        return self._add(Entry(_new_token(), org, name.hex(), SALT_BYTES, size, md5, metadata,
-                               time.time()))
+    def new_spool(self) -> blobs.Spool:
+        """An upload for :meth:`put_spool`, starting with its salt (so the data is never copied
+        to get one in front of it)."""
+        return self._new_spool("chain-", head=secrets.token_bytes(SALT_BYTES), md5=True)
+
+    def put_spool(self, spool: blobs.Spool, org: str, metadata: str | None = None) -> Entry:
+        """Finish a :meth:`new_spool` upload and give its data a new token."""
+        name = spool.seal(self._opts)
+        return self._add(Entry(_new_token(), org, name.hex(), SALT_BYTES, spool.size - SALT_BYTES,
+                               spool.md5(), metadata, time.time()))
 
     def put_values(self, values: list[bytes], org: str) -> list[Entry]:
         """Self-encrypt a batch's values as one ImmutableData; a new token for each."""

@@ -13,9 +13,8 @@ import logging
 import os
 import secrets
 import shutil
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +25,7 @@ from safefs import paths, selfenc
 from safefs.keys import Account
 from safefs.store import Store, open_store
 
-from . import read_admin_secret, read_info
+from . import blobs, read_admin_secret, read_info
 from .handles import DEFAULT_CAPACITY, Handles
 from .sessions import AuthRequests, Session, SessionStore
 from .state import open_state_db
@@ -56,43 +55,6 @@ class GatewaySettings:
     selfenc: selfenc.Settings = selfenc.DEFAULT_SETTINGS
 
 
-class ChunkCache:
-    """A bounded LRU of decrypted chunks keyed by their encrypted name, safe across threads.
-
-    Readers of one file share it, so sequential small reads decrypt each chunk once.
-    """
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self._capacity = capacity_bytes
-        self._size = 0
-        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, name: bytes) -> bytes | None:
-        with self._lock:
-            data = self._chunks.get(name)
-            if data is not None:
-                self._chunks.move_to_end(name)
-            return data
-
-    def put(self, name: bytes, data: bytes) -> None:
-        if len(data) > self._capacity:
-            return
-        with self._lock:
-            old = self._chunks.pop(name, None)
-            if old is not None:
-                self._size -= len(old)
-            self._chunks[name] = data
-            self._size += len(data)
-            while self._size > self._capacity:
-                _, evicted = self._chunks.popitem(last=False)
-                self._size -= len(evicted)
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-
 class Gateway:
     def __init__(self, store: Store, account: Account, settings: GatewaySettings,
                  state_db: sqlite3.Connection, spool_dir: Path, admin_secret: str) -> None:
@@ -105,8 +67,11 @@ class Gateway:
         self.sessions = SessionStore(state_db)
         self.auth_requests = AuthRequests()
         self.handles = Handles(settings.handle_capacity, settings.shared_handles)
-        self.chunk_cache = ChunkCache(settings.chunk_cache_bytes)
+        self.chunk_cache = blobs.ChunkCache(settings.chunk_cache_bytes)
         self.limiter = trio.CapacityLimiter(settings.threads)
+        # Chunk encryption of uploads in progress, shared by all of them (see blobs.Spool).
+        self.encryption_workers = ThreadPoolExecutor(settings.threads,
+                                                     thread_name_prefix="selfenc")
         self._lock_fd: int | None = None
 
     @classmethod
@@ -137,6 +102,7 @@ class Gateway:
     def close(self) -> None:
         self.auth_requests.cancel_all()
         self.handles.clear()
+        self.encryption_workers.shutdown(wait=True, cancel_futures=True)
         self.store.close()
         self.state_db.close()
         if self._lock_fd is not None:
@@ -149,6 +115,12 @@ class Gateway:
     def app_key(self, session: Session) -> bytes:
         """The symmetric key of the session's app (SYMMETRIC cipher opts)."""
         return self.account.app_key(session.app.key_id)
+
+    def new_spool(self, prefix: str, head: bytes = b"", md5: bool = False) -> blobs.Spool:
+        """A temporary upload in the spool directory, encrypted as it grows (blocking)."""
+        return blobs.Spool(self.spool_dir, self.store, self.settings.selfenc,
+                           self.encryption_workers, self.settings.threads, prefix=prefix,
+                           head=head, md5=md5)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (crypto, store calls, file I/O) in a bounded worker thread."""

@@ -2,9 +2,10 @@
 
 Writing: ``GET /immutable-data/writer`` makes a writer, each ``POST /immutable-data/:w``
 appends its streamed body to a spool file in the gateway's data directory (never held in
-memory), and closing (``PUT /immutable-data/:w/:cipherOpts``, or the seed's
-``DELETE /immutable-data/writer/:w/:cipherOpts``) self-encrypts the spooled bytes into the
-store (:mod:`safefs.gateway.blobs`) and answers a data-id handle. Closing does not drop the
+memory) whose complete chunks are self-encrypted into the store while the upload goes on
+(:class:`safefs.gateway.blobs.Spool`), and closing (``PUT /immutable-data/:w/:cipherOpts``, or
+the seed's ``DELETE /immutable-data/writer/:w/:cipherOpts``) encrypts the rest, stores the root
+chunk and answers a data-id handle. Closing does not drop the
 writer; ``DELETE /immutable-data/writer/:w`` does.
 
 An append is all or nothing: if the body ends early the spool file is cut back to its previous
@@ -20,10 +21,8 @@ is exclusive; see :func:`parse_range`).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
+from contextlib import aclosing
 
 import trio
 from starlette.requests import ClientDisconnect
@@ -36,7 +35,16 @@ from safefs.model import DataIdentifier, DataKind
 from . import blobs
 from .handles import Kind
 from .misc import cipher_opts_of
-from .routing import Access, ApiError, Call, Routes, StreamedResponse, decimal
+from .routing import (
+    Access,
+    ApiError,
+    Call,
+    Routes,
+    RunSync,
+    StreamedResponse,
+    batched,
+    decimal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,35 +55,29 @@ READ_PIECE = 1024 * 1024
 CONTENT_LENGTH_NOT_PRESENT = "Content-Length header is not present"
 
 
-class SpoolWriter:
-    """The bytes appended to one writer handle, in a temporary file."""
+class Writer:
+    """A writer handle: its spooled upload, and a lock for one append or close at a time."""
 
-    def __init__(self, spool_dir: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=spool_dir, prefix="writer-")
-        os.close(fd)
-        self.path = Path(name)
-        self.size = 0
-        self.lock = trio.Lock()  # one append or close at a time
+    def __init__(self, spool: blobs.Spool) -> None:
+        self.spool = spool
+        self.lock = trio.Lock()
 
-    async def append(self, body: AsyncIterator[bytes], length: int) -> None:
+    async def append(self, body: AsyncIterator[bytes], length: int, run_sync: RunSync) -> None:
         """Append exactly ``length`` bytes of ``body``, or nothing."""
-        written = 0
+        spool = self.spool
+        before = spool.size
         try:
-            async with await trio.open_file(self.path, "ab") as file:
-                async for piece in body:
-                    if written + len(piece) > length:
+            async with aclosing(batched(body)) as batches:
+                async for batch in batches:
+                    if spool.size - before + len(batch) > length:
                         raise ApiError(400, "Request body is longer than its Content-Length")
-                    await file.write(piece)
-                    written += len(piece)
-            if written != length:
+                    await run_sync(spool.write, batch)
+            if spool.size - before != length:
                 raise ApiError(400, "Request aborted by client")
         except BaseException:
-            await trio.to_thread.run_sync(os.truncate, self.path, self.size)
+            with trio.CancelScope(shield=True):
+                await run_sync(spool.truncate, before)
             raise
-        self.size += written
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def _content_length(call: Call) -> int:
@@ -87,9 +89,9 @@ def _content_length(call: Call) -> int:
 
 @routes.get("/immutable-data/writer", access=Access.LLA)
 async def new_writer(call: Call) -> dict:
-    writer = SpoolWriter(call.gateway.spool_dir)
-    return {"handleId": call.gateway.handles.add(Kind.WRITER, call.owner, writer,
-                                                 release=writer.release)}
+    spool = await call.gateway.run_sync(call.gateway.new_spool, "writer-")
+    return {"handleId": call.gateway.handles.add(Kind.WRITER, call.owner, Writer(spool),
+                                                 release=spool.release)}
 
 
 @routes.get("/immutable-data/reader/{handle}")
@@ -171,7 +173,7 @@ def parse_range(header: str | None, total: int) -> tuple[int, int]:
 
 @routes.post("/immutable-data/{handle}", access=Access.LLA)
 async def append(call: Call) -> None:
-    writer: SpoolWriter = call.get(Kind.WRITER)
+    writer: Writer = call.get(Kind.WRITER)
     length = _content_length(call)
     offset_text = call.request.headers.get(OFFSET_HEADER)
     if length == 0:
@@ -181,13 +183,14 @@ async def append(call: Call) -> None:
             offset = decimal(offset_text)
             if offset is None:
                 raise ApiError(400, f"{OFFSET_HEADER} must be a byte count")
-            if offset + length == writer.size:
+            held = writer.spool.size
+            if offset + length == held:
                 return  # a retry of an append that already arrived
-            if offset != writer.size:
-                raise ApiError(409, f"the writer holds {writer.size} bytes, not {offset_text}",
+            if offset != held:
+                raise ApiError(409, f"the writer holds {held} bytes, not {offset_text}",
                                error_code=409)
         try:
-            await writer.append(call.request.stream(), length)
+            await writer.append(call.request.stream(), length, call.gateway.run_sync)
         except ClientDisconnect:
             raise ApiError(400, "Request aborted by client") from None
 
@@ -195,12 +198,11 @@ async def append(call: Call) -> None:
 @routes.put("/immutable-data/{handle}/{cipher}", access=Access.LLA)
 async def close_writer(call: Call) -> dict:
     """Self-encrypt what the writer holds into the store; a data-id handle of the result."""
-    writer: SpoolWriter = call.get(Kind.WRITER)
+    writer: Writer = call.get(Kind.WRITER)
     opts = cipher_opts_of(call, call.param("cipher"))
     gateway = call.gateway
     async with writer.lock:
-        name = await gateway.run_sync(blobs.store_file, gateway.store, writer.path, opts,
-                                      gateway.settings.selfenc, gateway.settings.threads)
-    log.debug("stored %d bytes as ImmutableData %s", writer.size, name.hex())
+        name = await gateway.run_sync(writer.spool.seal, opts)
+    log.debug("stored %d bytes as ImmutableData %s", writer.spool.size, name.hex())
     data_id = DataIdentifier.immutable(name)
     return {"handleId": gateway.handles.add(Kind.DATA_ID, call.owner, data_id)}

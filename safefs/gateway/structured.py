@@ -49,7 +49,8 @@ from safefs.model import (
 from safefs.store.base import MAX_VERSION
 
 from . import blobs, records
-from .core import ChunkCache, Gateway
+from .blobs import ChunkCache
+from .core import Gateway
 from .handles import Kind
 from .misc import cipher_opts_of
 from .records import U64_DIGITS, AppKeys
