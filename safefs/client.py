@@ -20,8 +20,9 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
@@ -30,6 +31,8 @@ from safefs import errors
 from safefs.gateway import ADMIN_HEADER, OFFSET_HEADER
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SEGMENT_SIZE = 4 * 1024 * 1024
 
@@ -270,13 +273,14 @@ class GatewayClient:
         writer = await self.new_writer()
         try:
             offset = 0
-            async for segment in _segments(chunks, SEGMENT_SIZE):
-                if offset + len(segment) > size:
-                    raise ValueError(f"the stream is longer than the announced {size} bytes")
-                await self.append(writer, segment, offset)
-                offset += len(segment)
-                if progress:
-                    progress(len(segment))
+            async with _read_ahead(_segments(chunks, SEGMENT_SIZE)) as segments:
+                async for segment in segments:
+                    if offset + len(segment) > size:
+                        raise ValueError(f"the stream is longer than the announced {size} bytes")
+                    await self.append(writer, segment, offset)
+                    offset += len(segment)
+                    if progress:
+                        progress(len(segment))
             if offset != size:
                 raise ValueError(f"the stream ended after {offset} of {size} bytes")
             return await self._close_to_data_id(writer, cipher)
@@ -497,15 +501,56 @@ class Reader:
 
 
 async def _segments(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroup a byte stream into pieces of ``size`` bytes (the last may be shorter)."""
-    buffer = bytearray()
+    """Regroup a byte stream into segments of ``size`` bytes (the last may be shorter); pieces
+    that already have the right size are passed on without a copy."""
+    pieces: list[bytes] = []
+    held = 0
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        pieces.append(chunk)
+        held += len(chunk)
+        while held >= size:
+            joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            rest = joined[size:]
+            yield joined[:size] if rest else joined
+            pieces, held = ([rest], len(rest)) if rest else ([], 0)
+    if held:
+        yield b"".join(pieces)
+
+
+@asynccontextmanager
+async def _read_ahead(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Iterate ``items`` one step ahead of the consumer, in a task of its own (so the next
+    segment is read while the current one is sent). Errors on either side come out as they
+    are, not wrapped in an exception group."""
+    send, receive = trio.open_memory_channel[T](0)
+    failure: BaseException | None = None
+
+    async def produce() -> None:
+        nonlocal failure
+        async with send, aclosing(items):
+            try:
+                async for item in items:
+                    await send.send(item)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                failure = exc
+
+    async def consume() -> AsyncIterator[T]:
+        async for item in receive:
+            yield item
+        if failure is not None:
+            raise failure
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        try:
+            async with aclosing(consume()) as consumed:
+                yield consumed
+        except Exception as exc:
+            failure = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 def _b64(data: bytes) -> str:

@@ -494,21 +494,24 @@ def encrypt_stream(
     return _shrink(datamap, put, settings, threads)
 
 
-class FileEncryptor:
-    """Self-encrypts a file, possibly while it is still being appended to (a spooled upload).
+class Encryptor:
+    """Self-encrypts data as it is appended (an upload), in bounded memory.
 
-    Once a file holds ``3 x max_chunk_size`` bytes, every chunk but the last is max-sized
-    whatever the final size, and chunk i >= 2 is keyed by chunks i-1 and i-2 only: such chunks
-    are encrypted as soon as :meth:`advance` says they are written. Chunks 0 and 1 need the last
-    two hashes, so :meth:`finish` reads them again (and checks they did not change) rather than
-    keep them. Work runs on ``executor`` with at most ``max_in_flight`` chunks of this file queued
-    or running; :meth:`advance` and :meth:`finish` block (in the caller's thread) while that many
-    are, which is the backpressure on whoever feeds the file.
+    Once ``3 x max_chunk_size`` bytes (the *head*) have arrived, every chunk but the last is
+    max-sized whatever the final size, and chunk i >= 2 is keyed by chunks i-1 and i-2 only:
+    such chunks are encrypted as soon as they are complete. The head goes to ``write_head``
+    (a spool file) and is read back through ``read_head``: chunks 0 and 1 need the last two
+    hashes, so :meth:`finish` reads them again (checking they did not change), and a smaller
+    file is encrypted from there as a whole. Past the head, only the incomplete last chunk is
+    held, in memory. Work runs on ``executor`` with at most ``max_in_flight`` chunks of this
+    data queued or running; :meth:`append` and :meth:`finish` block while that many are, which
+    is the backpressure on whoever feeds the data. Not thread-safe: one call at a time.
     """
 
     def __init__(
         self,
-        fd: int,
+        read_head: Callable[[int, int], bytes],
+        write_head: Callable[[int, bytes], None],
         put: Callable[[bytes, bytes], None],
         settings: Settings,
         executor: Executor,
@@ -516,66 +519,86 @@ class FileEncryptor:
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
-        self._fd = fd
+        self._read_head = read_head
+        self._write_head = write_head
         self._put = put
         self._settings = settings
+        self._chunk_size = settings.max_chunk_size
+        self.head_size = 3 * settings.max_chunk_size
         self._executor = executor
         self._max_in_flight = max_in_flight
-        self._src: list[bytes] = []  # plaintext hashes of the chunks read so far, in order
+        self.size = 0
+        self._tail: list[bytes] = []  # bytes [len(src) x max, size) once past the head
+        self._src: list[bytes] = []  # plaintext hashes of the chunks taken so far, in order
         self._dst: dict[int, bytes] = {}
         self._in_flight: deque[Future[None]] = deque()
+        self._failed: BaseException | None = None
 
-    def advance(self, available: int) -> None:
-        """Bytes ``[0, available)`` are final: encrypt the chunks that are now known."""
-        maximum = self._settings.max_chunk_size
-        if available < 3 * maximum:
+    def append(self, data: bytes) -> None:
+        """Add ``data`` at the end; encrypt the chunks it completes."""
+        self._check()
+        in_head = max(0, min(len(data), self.head_size - self.size))
+        if in_head:
+            self._write_head(self.size, data[:in_head])
+        if in_head < len(data):
+            self._tail.append(data[in_head:] if in_head else data)
+        self.size += len(data)
+        if self.size < self.head_size:
             return
-        for index in range(len(self._src), available // maximum):
-            self._take(index, index * maximum, maximum)
+        while len(self._src) < 3:  # the head is complete: its chunks are max-sized
+            index = len(self._src)
+            self._take(index, self._read_head(index * self._chunk_size, self._chunk_size))
+        while self.size - len(self._src) * self._chunk_size >= self._chunk_size:
+            joined = b"".join(self._tail)
+            self._tail = [joined[self._chunk_size:]] if len(joined) > self._chunk_size else []
+            self._take(len(self._src), joined[: self._chunk_size])
 
-    def finish(self, size: int) -> DataMap:
-        """Encrypt the rest of a file of ``size`` bytes; its DataMap (shrunk to three chunks)."""
-        sizes = chunk_sizes(size, self._settings.max_chunk_size)
-        starts = list(itertools.accumulate(sizes, initial=0))
-        done = len(self._src)
-        if done > len(sizes) or any(n != self._settings.max_chunk_size for n in sizes[:done]):
-            raise InputChanged(f"the file shrank to {size} bytes while it was being encrypted")
-        for index in range(done, len(sizes)):
-            self._take(index, starts[index], sizes[index])
-        for index in (0, 1):
-            plain = self._read(starts[index], sizes[index])
-            if _hash(plain) != self._src[index]:
-                raise InputChanged(f"bytes {starts[index]}..{starts[index + 1]} changed")
-            self._submit(index, plain, len(sizes))
-        self.wait()
-        datamap = DataMap(tuple(
-            ChunkInfo(i, self._dst[i], self._src[i], n) for i, n in enumerate(sizes)))
-        log.debug("encrypted %d bytes into %d chunks", size, len(sizes))
-        return _shrink(datamap, self._put, self._settings, self._max_in_flight)
+    def checkpoint(self) -> tuple[int, tuple[bytes, ...], int]:
+        """The state to go back to if what is appended next has to be taken back."""
+        return self.size, tuple(self._tail), len(self._src)
 
-    def rewind(self, size: int) -> None:
-        """The file was cut back to ``size`` bytes: forget the chunks past it."""
-        failed = self._wait_quietly()
-        maximum = self._settings.max_chunk_size
-        keep = size // maximum if size >= 3 * maximum and not failed else 0
-        del self._src[keep:]
-        for index in [i for i in self._dst if i >= keep]:
-            del self._dst[index]
-
-    def _wait_quietly(self) -> bool:
-        """Wait for every queued chunk; whether any failed (they are redone from scratch)."""
-        failed = False
+    def rollback(self, checkpoint: tuple[int, tuple[bytes, ...], int]) -> None:
+        """Forget everything appended since ``checkpoint`` (an append that failed half-way)."""
+        self._check()
         while self._in_flight:
             try:
                 self._in_flight.popleft().result()
-            except Exception:  # noqa: BLE001
-                failed = True
-        return failed
+            except BaseException as exc:
+                self._failed = exc
+                raise
+        self.size, tail, taken = checkpoint
+        self._tail = list(tail)
+        del self._src[taken:]
+        for index in [i for i in self._dst if i >= taken]:
+            del self._dst[index]
 
-    def wait(self) -> None:
-        """Wait for every queued chunk; raises the first failure."""
-        while self._in_flight:
-            self._in_flight.popleft().result()
+    def finish(self) -> DataMap:
+        """Encrypt the rest; the DataMap (shrunk to three chunks). Ends this encryptor."""
+        self._check()
+        try:
+            sizes = chunk_sizes(self.size, self._chunk_size)
+            starts = list(itertools.accumulate(sizes, initial=0))
+            for index in range(len(self._src), len(sizes)):
+                if self.size >= self.head_size:  # the incomplete last chunk
+                    self._take(index, b"".join(self._tail))
+                else:
+                    self._take(index, self._read_head(starts[index], sizes[index]))
+            self._tail = []
+            for index in (0, 1):
+                plain = self._read_head(starts[index], sizes[index])
+                if len(plain) != sizes[index] or _hash(plain) != self._src[index]:
+                    raise InputChanged(f"bytes {starts[index]}..{starts[index + 1]} changed")
+                self._submit(index, plain, len(sizes))
+            while self._in_flight:
+                self._in_flight.popleft().result()
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._failed = InputChanged("the data was already encrypted")
+        datamap = DataMap(tuple(
+            ChunkInfo(i, self._dst[i], self._src[i], n) for i, n in enumerate(sizes)))
+        log.debug("encrypted %d bytes into %d chunks", self.size, len(sizes))
+        return _shrink(datamap, self._put, self._settings, self._max_in_flight)
 
     def cancel(self) -> None:
         """Drop queued chunks (those already running finish in the background)."""
@@ -583,14 +606,11 @@ class FileEncryptor:
             future.cancel()
         self._in_flight.clear()
 
-    def _read(self, offset: int, size: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
-        if len(data) != size:
-            raise InputChanged(f"the file gave {len(data)} bytes at {offset}, not {size}")
-        return data
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
 
-    def _take(self, index: int, offset: int, size: int) -> None:
-        plain = self._read(offset, size)
+    def _take(self, index: int, plain: bytes) -> None:
         self._src.append(_hash(plain))
         if index >= 2:
             self._submit(index, plain, index + 1)
@@ -598,8 +618,12 @@ class FileEncryptor:
     def _submit(self, index: int, plain: bytes, known_count: int) -> None:
         # Chunks >= 2 do not depend on the final count; 0 and 1 are submitted knowing it.
         secrets = _chunk_secrets(self._src, max(known_count, 3), index, 0)
-        while len(self._in_flight) >= self._max_in_flight:
-            self._in_flight.popleft().result()
+        try:
+            while len(self._in_flight) >= self._max_in_flight:
+                self._in_flight.popleft().result()
+        except BaseException as exc:
+            self._failed = exc
+            raise
         self._in_flight.append(self._executor.submit(self._encrypt, index, plain, secrets))
 
     def _encrypt(self, index: int, plain: bytes, secrets: tuple[bytes, bytes, bytes]) -> None:
@@ -641,9 +665,13 @@ def encrypt_file(
     with open(path, "rb", buffering=0) as file, ThreadPoolExecutor(
         threads, thread_name_prefix="selfenc"
     ) as pool:
-        encryptor = FileEncryptor(file.fileno(), put, settings, pool, threads)
+        fd = file.fileno()
+        encryptor = Encryptor(lambda offset, n: os.pread(fd, n, offset), lambda offset, data: None,
+                              put, settings, pool, threads)
         try:
-            return encryptor.finish(os.fstat(file.fileno()).st_size)
+            while piece := file.read(settings.max_chunk_size):
+                encryptor.append(piece)
+            return encryptor.finish()
         finally:
             encryptor.cancel()
 
@@ -694,6 +722,10 @@ class Decryptor:
     def chunk_spans(self) -> list[tuple[int, int]]:
         """(start, end) offsets of every chunk, by index."""
         return list(itertools.pairwise(self._starts))
+
+    def chunk_span(self, index: int) -> tuple[int, int]:
+        """(start, end) offsets of chunk ``index``."""
+        return self._starts[index], self._starts[index + 1]
 
     def chunk_index(self, offset: int) -> int:
         """Index of the chunk holding byte ``offset``."""

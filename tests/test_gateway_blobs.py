@@ -99,20 +99,22 @@ def test_missing_and_damaged_data():
     assert info.value.code == -18
 
 
-def test_spool_cut_back_and_sealed_twice(tmp_path, workers):
-    """A failed append is cut back; a spool sealed, appended to and sealed again stores all."""
+def test_spool_rolls_back_and_seals_once(tmp_path, workers):
+    """A failed append is taken back; a second close answers the first one's name."""
     store = MemoryStore()
     data = os.urandom(1_000_000)
     spool = spooled(store, tmp_path, workers, data[:700_000])
+    checkpoint = spool.checkpoint()
     spool.write(os.urandom(123_456))  # an append that then fails half-way
-    spool.truncate(700_000)
-    spool.write(data[700_000:800_000])
-    first = spool.seal(CipherOpts.plain())
-    spool.write(data[800_000:])
-    second = spool.seal(CipherOpts.plain())
+    spool.rollback(checkpoint)
+    spool.write(data[700_000:])
+    name = spool.seal(CipherOpts.plain())
+    assert spool.seal(CipherOpts.plain()) == name
+    with pytest.raises(SafeError) as info:
+        spool.write(b"more")
+    assert info.value.code == -26
+    assert spool.path.stat().st_size == 3 * SETTINGS.max_chunk_size  # only the head was spooled
     spool.release()
     assert not spool.path.exists()
-    cache = ChunkCache(1 << 20)
-    assert blobs.Blob(store, cache, first).read(0, 10**7) == data[:800_000]
-    assert blobs.Blob(store, cache, second).read(0, 10**7) == data
-    assert second == blobs.store_bytes(store, data, CipherOpts.plain(), SETTINGS)
+    assert blobs.Blob(store, ChunkCache(1 << 20), name).read(0, 10**7) == data
+    assert name == blobs.store_bytes(store, data, CipherOpts.plain(), SETTINGS)

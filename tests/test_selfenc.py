@@ -461,53 +461,78 @@ def test_short_reads_are_completed():
     assert (datamap, store) == encrypt(data)
 
 
-def _file_encryptor(path, store, pool):
-    file = open(path, "rb")  # noqa: SIM115 - closed by the caller's fixture scope
-    return file, selfenc.FileEncryptor(file.fileno(), store.__setitem__, SMALL, pool, 2)
+class Head:
+    """A spool file's part: the bytes an Encryptor asks to keep, readable again."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, offset, data):
+        self.data[offset:offset + len(data)] = data
+
+    def read(self, offset, n):
+        return bytes(self.data[offset:offset + n])
 
 
-def test_file_encrypted_while_it_grows_matches_encrypt_bytes(tmp_path):
-    """An upload spooled in uneven appends, advanced after each one, gives the same result."""
-    data = random_bytes(13 * M + 7) + periodic(4 * M, 11)
-    path = tmp_path / "spool"
-    path.write_bytes(b"")
+def _encryptor(head, store, pool):
+    return selfenc.Encryptor(head.read, head.write, store.__setitem__, SMALL, pool, 2)
+
+
+@pytest.mark.parametrize("size", [3, 5 * M, 3 * M, 17 * M + 7, 20 * M])
+def test_data_encrypted_as_it_arrives_matches_encrypt_bytes(size):
+    """Data appended in uneven pieces gives the same chunks; only the head is kept aside."""
+    data = random_bytes(size - size // 3) + periodic(size // 3, 11)
+    head = Head()
     store: dict[bytes, bytes] = {}
     with ThreadPoolExecutor(2) as pool:
-        file, encryptor = _file_encryptor(path, store, pool)
-        with file, open(path, "ab") as spool:
-            for start in range(0, len(data), 700_001):
-                spool.write(data[start : start + 700_001])
-                spool.flush()
-                encryptor.advance(min(len(data), start + 700_001))
-            assert len(store) >= 10  # most chunks were encrypted before finish
-            datamap = encryptor.finish(len(data))
+        encryptor = _encryptor(head, store, pool)
+        for start in range(0, len(data), 700):
+            encryptor.append(data[start:start + 700])
+        if size > 6 * M:
+            assert len(store) >= size // M - 5  # most chunks were encrypted before finish
+        datamap = encryptor.finish()
     assert (datamap, store) == encrypt(data)
+    assert bytes(head.data) == data[:3 * M]
 
 
-def test_input_changed_before_reread_is_refused(tmp_path):
-    data = random_bytes(6 * M)
-    path = tmp_path / "spool"
-    path.write_bytes(data)
+def test_rollback_forgets_what_came_after_the_checkpoint():
+    data = random_bytes(20 * M)
+    store: dict[bytes, bytes] = {}
     with ThreadPoolExecutor(2) as pool:
-        file, encryptor = _file_encryptor(path, {}, pool)
-        with file:
-            encryptor.advance(len(data))
-            with open(path, "r+b") as spool:
-                spool.write(b"!")
-            with pytest.raises(InputChanged, match="changed"):
-                encryptor.finish(len(data))
+        encryptor = _encryptor(Head(), store, pool)
+        for cut in (2 * M + 5, 9 * M + 3):
+            encryptor.append(data[encryptor.size:cut])
+            checkpoint = encryptor.checkpoint()
+            encryptor.append(random_bytes(4 * M + 1))  # an append that fails half-way
+            encryptor.rollback(checkpoint)
+        encryptor.append(data[encryptor.size:])
+        datamap = encryptor.finish()
+    assert datamap == encrypt(data)[0]
 
 
-def test_file_shrinking_after_advance_is_refused(tmp_path):
+def test_input_changed_before_reread_is_refused():
     data = random_bytes(6 * M)
-    path = tmp_path / "spool"
-    path.write_bytes(data)
+    head = Head()
     with ThreadPoolExecutor(2) as pool:
-        file, encryptor = _file_encryptor(path, {}, pool)
-        with file:
-            encryptor.advance(len(data))
-            with pytest.raises(InputChanged, match="shrank"):
-                encryptor.finish(4 * M)
+        encryptor = _encryptor(head, {}, pool)
+        encryptor.append(data)
+        head.data[0] ^= 1
+        with pytest.raises(InputChanged, match="changed"):
+            encryptor.finish()
+        with pytest.raises(InputChanged):  # and it stays failed
+            encryptor.append(b"more")
+
+
+def test_failing_put_fails_the_encryptor_for_good():
+    def put(name, chunk):
+        raise OSError("store is full")
+
+    with ThreadPoolExecutor(2) as pool:
+        encryptor = selfenc.Encryptor(Head().read, Head().write, put, SMALL, pool, 1)
+        with pytest.raises(OSError, match="store is full"):
+            encryptor.append(random_bytes(10 * M))
+        with pytest.raises(OSError, match="store is full"):
+            encryptor.finish()
 
 
 def test_failing_put_stops_encryption():

@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from safefs import malloc
     from safefs.client import GatewayError
     from safefs.sdnotify import stderr_is_journal
+
+    malloc.tune()
 
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose

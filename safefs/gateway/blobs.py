@@ -17,7 +17,6 @@ Everything here is synchronous and runs in the gateway's worker threads.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import logging
@@ -88,12 +87,14 @@ def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
 
 
 class Spool:
-    """An upload on its way into the store: a temporary file, self-encrypted as it grows.
+    """An upload on its way into the store, self-encrypted as it arrives.
 
-    Appended bytes go to the file and, once they are final (:meth:`write` by default), to a
-    :class:`selfenc.FileEncryptor` running on the gateway's shared workers, so a large upload
-    is mostly encrypted by the time it ends. :meth:`seal` finishes it and stores the root chunk.
-    Synchronous: the gateway calls it from worker threads, one call at a time.
+    A :class:`selfenc.Encryptor` on the gateway's shared workers encrypts every chunk as soon as
+    it is complete, so a large upload is mostly stored by the time it ends; only its first three
+    chunks (read again at the end) go to a temporary file, and one incomplete chunk is held in
+    memory. :meth:`seal` finishes it and stores the root chunk; a spool is sealed once (sealing
+    again answers the same name). Synchronous: the gateway calls it from worker threads, one
+    call at a time.
     """
 
     def __init__(self, directory: Path, store: Store, settings: selfenc.Settings,
@@ -102,53 +103,56 @@ class Spool:
         """``head`` starts the content (a salt); ``md5`` keeps the MD5 of what follows it."""
         fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
         self.path = Path(name)
-        self.size = 0
         self._fd = fd
         self._store = store
-        self._new_encryptor = functools.partial(selfenc.FileEncryptor, fd, store.put_chunk,
-                                                settings, executor, max_in_flight)
-        self._encryptor = self._new_encryptor()
-        self._md5 = None
-        self.write(head, final=False)
+        self._encryptor = selfenc.Encryptor(self._read, self._write, store.put_chunk, settings,
+                                            executor, max_in_flight)
+        self._sealed: tuple[CipherOpts, XorName] | None = None
+        self._encryptor.append(head)
         self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
 
-    def write(self, data: bytes, final: bool = True) -> None:
-        """Append ``data``; unless ``final`` is false, encrypt what is complete of it."""
-        view = memoryview(data)
-        while view:
-            view = view[os.pwrite(self._fd, view, self.size + len(data) - len(view)):]
-        self.size += len(data)
+    @property
+    def size(self) -> int:
+        return self._encryptor.size
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (blocks while the workers are behind)."""
+        if self._sealed is not None:
+            raise SafeError(errors.INVALID_OPERATION, "the writer is already closed")
         if self._md5 is not None:
             self._md5.update(data)
-        if final:
-            self._encryptor.advance(self.size)
+        self._encryptor.append(data)
 
-    def truncate(self, size: int) -> None:
-        """Cut the upload back to ``size`` bytes (an append that failed half-way)."""
-        self._encryptor.rewind(size)
-        os.ftruncate(self._fd, size)
-        self.size = size
-        self._md5 = None  # no longer the digest of the content
+    def checkpoint(self) -> object:
+        """Where :meth:`rollback` goes back to."""
+        return self._encryptor.checkpoint()
+
+    def rollback(self, checkpoint: object) -> None:
+        """Take back what was written since ``checkpoint`` (an append that failed half-way)."""
+        self._encryptor.rollback(checkpoint)
+        os.ftruncate(self._fd, min(self.size, self._encryptor.head_size))
 
     def md5(self) -> str | None:
         """The MD5 of the content after the head, if asked for."""
         return None if self._md5 is None else self._md5.hexdigest()
 
     def seal(self, opts: CipherOpts) -> XorName:
-        """Encrypt the rest, store the root chunk; the ImmutableData's name.
-
-        The spool stays usable: appending more and sealing again stores the longer content.
-        """
-        self._encryptor.advance(self.size)
-        encryptor, self._encryptor = self._encryptor, self._new_encryptor()
+        """Encrypt the rest and store the root chunk; the ImmutableData's name."""
+        if self._sealed is not None:
+            sealed_opts, name = self._sealed
+            if sealed_opts != opts:
+                raise SafeError(errors.INVALID_OPERATION, "the writer is already closed")
+            return name  # a retried close
         if self.size < selfenc.MIN_ENCRYPTABLE_BYTES:
-            return _store_root(store=self._store, opts=opts,
-                               envelope=bytes([_INLINE]) + os.pread(self._fd, self.size, 0))
-        try:
-            datamap = encryptor.finish(self.size)
-        finally:
-            encryptor.cancel()
-        return _store_root(self._store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
+            name = _store_root(self._store, bytes([_INLINE]) + self._read(0, self.size), opts)
+        else:
+            try:
+                datamap = self._encryptor.finish()
+            finally:
+                self._encryptor.cancel()
+            name = _store_root(self._store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
+        self._sealed = opts, name
+        return name
 
     def release(self) -> None:
         """Drop the upload: queued chunks are cancelled and the file removed."""
@@ -157,6 +161,14 @@ class Spool:
             os.close(self._fd)
             self._fd = -1
         self.path.unlink(missing_ok=True)
+
+    def _read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def _write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(self._fd, view, offset + len(data) - len(view)):]
 
 
 def store_bytes(store: Store, data: bytes, opts: CipherOpts,
@@ -197,19 +209,25 @@ class Blob:
 
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``, clamped to the size."""
+        return b"".join(self.piece(index, start, end) for index in self.pieces(start, end))
+
+    def pieces(self, start: int, end: int) -> range:
+        """The pieces :meth:`piece` gives for ``[start, end)``: one per chunk it touches."""
         end = min(end, self.size)
         if start >= end:
-            return b""
+            return range(0)
+        if self._decryptor is None:
+            return range(1)
+        return range(self._decryptor.chunk_index(start), self._decryptor.chunk_index(end - 1) + 1)
+
+    def piece(self, index: int, start: int, end: int) -> bytes:
+        """The part of ``[start, end)`` in chunk ``index`` (decrypted through the cache)."""
         if self._inline is not None:
             return self._inline[start:end]
-        decryptor = self._decryptor
-        spans = decryptor.chunk_spans()
-        pieces = []
-        for index in range(decryptor.chunk_index(start), decryptor.chunk_index(end - 1) + 1):
-            low, high = spans[index]
-            data = self._chunk(index)
-            pieces.append(data[max(start - low, 0):min(end, high) - low])
-        return b"".join(pieces)
+        low, high = self._decryptor.chunk_span(index)
+        data = self._chunk(index)
+        low_cut, high_cut = max(start - low, 0), min(end, high) - low
+        return data if (low_cut, high_cut) == (0, len(data)) else data[low_cut:high_cut]
 
     def _chunk(self, index: int) -> bytes:
         name = self._decryptor.content_map.chunks[index].dst_hash

@@ -43,7 +43,7 @@ from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
 from .blobs import Spool
 from .chaindata import TOKEN_PATTERN, ChainData, Entry
-from .immutable import READ_PIECE
+from .immutable import stream_blob
 from .routing import (
     Access,
     ApiError,
@@ -320,24 +320,14 @@ async def _spool(body: AsyncIterator[bytes], spool: Spool, run_sync: RunSync,
 @chain_route("GET", [p + "/{token}" for p in SINGLE], read=True)
 async def get_data(call: ChainCall) -> Response:
     entry = await call.entry()
-    run_sync = call.gateway.run_sync
-    content = await run_sync(call.services.data.open, entry)
-    # Read the first piece before answering, so that a missing chunk is a proper error.
-    first = await run_sync(content.read, 0, READ_PIECE)
-
-    async def body() -> AsyncIterator[bytes]:
-        position = len(first)
-        yield first
-        while position < content.size:
-            piece = await run_sync(content.read, position, position + READ_PIECE)
-            position += len(piece)
-            yield piece
-
+    content = await call.gateway.run_sync(call.services.data.open, entry)
+    body = await stream_blob(call.gateway, content.blob, content.offset,
+                             content.offset + content.size)
     headers = {"Content-Length": str(content.size), EXPECTED_HASH_HEADER: entry.md5}
     if entry.metadata is not None:
         # The UTF-8 bytes as they came, in the Latin-1 form headers are written in.
         headers[METADATA_HEADER] = entry.metadata.encode("utf-8").decode("latin-1")
-    return StreamedResponse(body(), headers=headers)
+    return StreamedResponse(body, headers=headers)
 
 
 @chain_route("GET", [p + "/{token}/metadata" for p in SINGLE], read=True)

@@ -72,20 +72,20 @@ class Entry:
     created: float
 
 
+@dataclass(frozen=True)
 class Content:
-    """The bytes of one token, readable by range from several threads."""
+    """The bytes of one token: ``[offset, offset + size)`` of an ImmutableData."""
 
-    def __init__(self, blob: blobs.Blob, entry: Entry) -> None:
-        self._blob = blob
-        self._offset = entry.offset
-        self.size = entry.size
+    blob: blobs.Blob
+    offset: int
+    size: int
 
     def read(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)``, clamped to the size."""
+        """Bytes ``[start, end)`` of the token's data, clamped to its size."""
         end = min(end, self.size)
         if start >= end:
             return b""
-        return self._blob.read(self._offset + start, self._offset + end)
+        return self.blob.read(self.offset + start, self.offset + end)
 
 
 class ChainData:
@@ -149,7 +149,7 @@ class ChainData:
     def open(self, entry: Entry) -> Content:
         """The data of ``entry``, for reading byte ranges."""
         blob = blobs.Blob(self._store, self._cache, bytes.fromhex(entry.name), self._data_key)
-        return Content(blob, entry)
+        return Content(blob, entry.offset, entry.size)
 
     def _add(self, entry: Entry) -> Entry:
         sealed = model.encrypt(self._opts, json.dumps(asdict(entry)).encode())

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,8 +47,9 @@ class GatewaySettings:
     auth_timeout: float = 300.0
     # Approve every app at once (tests only).
     auto_approve: bool = False
-    # Decrypted chunks shared by all readers; a few maximum-size chunks per concurrent reader.
-    chunk_cache_bytes: int = 64 * 1024 * 1024
+    # Decrypted chunks shared by all readers, so that small sequential reads of one chunk
+    # decrypt it once: four maximum-size chunks. Long reads decrypt ahead of the cache anyway.
+    chunk_cache_bytes: int = 16 * 1024 * 1024
     # Worker threads for encryption, decryption and store calls.
     threads: int = max(2, os.cpu_count() or 2)
     # Chunk size and compression of newly written data.
@@ -69,9 +70,8 @@ class Gateway:
         self.handles = Handles(settings.handle_capacity, settings.shared_handles)
         self.chunk_cache = blobs.ChunkCache(settings.chunk_cache_bytes)
         self.limiter = trio.CapacityLimiter(settings.threads)
-        # Chunk encryption of uploads in progress, shared by all of them (see blobs.Spool).
-        self.encryption_workers = ThreadPoolExecutor(settings.threads,
-                                                     thread_name_prefix="selfenc")
+        # Chunk encryption of uploads and decryption ahead of readers, shared by all of them.
+        self.chunk_workers = ThreadPoolExecutor(settings.threads, thread_name_prefix="chunks")
         self._lock_fd: int | None = None
 
     @classmethod
@@ -102,7 +102,7 @@ class Gateway:
     def close(self) -> None:
         self.auth_requests.cancel_all()
         self.handles.clear()
-        self.encryption_workers.shutdown(wait=True, cancel_futures=True)
+        self.chunk_workers.shutdown(wait=True, cancel_futures=True)
         self.store.close()
         self.state_db.close()
         if self._lock_fd is not None:
@@ -119,12 +119,25 @@ class Gateway:
     def new_spool(self, prefix: str, head: bytes = b"", md5: bool = False) -> blobs.Spool:
         """A temporary upload in the spool directory, encrypted as it grows (blocking)."""
         return blobs.Spool(self.spool_dir, self.store, self.settings.selfenc,
-                           self.encryption_workers, self.settings.threads, prefix=prefix,
+                           self.chunk_workers, 2 * self.settings.threads, prefix=prefix,
                            head=head, md5=md5)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (crypto, store calls, file I/O) in a bounded worker thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+async def wait_future(future: Future[T]) -> T:
+    """Wait for a worker pool's future without holding a thread; cancelling cancels it."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+    try:
+        await done.wait()
+    except BaseException:
+        future.cancel()
+        raise
+    return future.result()
 
 
 class GatewayRunning(Exception):

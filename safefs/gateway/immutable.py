@@ -21,7 +21,9 @@ is exclusive; see :func:`parse_range`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import aclosing
 
 import trio
@@ -33,6 +35,7 @@ from safefs.gateway import OFFSET_HEADER
 from safefs.model import DataIdentifier, DataKind
 
 from . import blobs
+from .core import Gateway, wait_future
 from .handles import Kind
 from .misc import cipher_opts_of
 from .routing import (
@@ -50,8 +53,6 @@ log = logging.getLogger(__name__)
 
 routes = Routes()
 
-# Bytes per read while streaming a response (the launcher's reader used 1 MiB too).
-READ_PIECE = 1024 * 1024
 CONTENT_LENGTH_NOT_PRESENT = "Content-Length header is not present"
 
 
@@ -66,6 +67,7 @@ class Writer:
         """Append exactly ``length`` bytes of ``body``, or nothing."""
         spool = self.spool
         before = spool.size
+        checkpoint = spool.checkpoint()
         try:
             async with aclosing(batched(body)) as batches:
                 async for batch in batches:
@@ -76,7 +78,7 @@ class Writer:
                 raise ApiError(400, "Request aborted by client")
         except BaseException:
             with trio.CancelScope(shield=True):
-                await run_sync(spool.truncate, before)
+                await run_sync(spool.rollback, checkpoint)
             raise
 
 
@@ -129,21 +131,54 @@ async def read(call: Call) -> StreamedResponse:
     blob: blobs.Blob = call.get(Kind.READER)
     header = call.request.headers.get("range")
     start, end = parse_range(header, blob.size)
-    run_sync = call.gateway.run_sync
-    # Read the first piece before answering, so that a missing chunk is a proper error.
-    first = await run_sync(blob.read, start, min(end, start + READ_PIECE))
-
-    async def body() -> AsyncIterator[bytes]:
-        position = start + len(first)
-        yield first
-        while position < end:
-            piece = await run_sync(blob.read, position, min(end, position + READ_PIECE))
-            position += len(piece)
-            yield piece
-
     headers = {"Content-Range": f"bytes {start}-{end}/{blob.size}", "Accept-Ranges": "bytes",
                "Content-Length": str(end - start)}
-    return StreamedResponse(body(), 206 if header is not None else 200, headers)
+    body = await stream_blob(call.gateway, blob, start, end)
+    return StreamedResponse(body, 206 if header is not None else 200, headers)
+
+
+async def stream_blob(gateway: Gateway, blob: blobs.Blob, start: int,
+                      end: int) -> AsyncIterator[bytes]:
+    """The bytes ``[start, end)`` of ``blob`` as a response body.
+
+    Chunks are decrypted on the gateway's chunk workers, up to ``threads`` of them ahead of the
+    one being sent, so decryption and sending overlap. The first piece is ready when this
+    returns, so that a missing or damaged chunk is an error answer rather than a cut-off body.
+    """
+    indices = iter(blob.pieces(start, end))
+    ahead: deque[Future[bytes]] = deque()
+
+    def fill() -> None:
+        while len(ahead) < gateway.settings.threads:
+            index = next(indices, None)
+            if index is None:
+                return
+            ahead.append(gateway.chunk_workers.submit(blob.piece, index, start, end))
+
+    fill()
+    if not ahead:
+        first = b""
+    else:
+        try:
+            first = await wait_future(ahead.popleft())
+        except BaseException:
+            for future in ahead:
+                future.cancel()
+            raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            while True:
+                fill()
+                if not ahead:
+                    return
+                yield await wait_future(ahead.popleft())
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    return body()
 
 
 def parse_range(header: str | None, total: int) -> tuple[int, int]:
