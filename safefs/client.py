@@ -340,11 +340,13 @@ class GatewayClient:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         reader = await self.open_reader(data_id)
         try:
-            async with await trio.open_file(tmp, "wb") as file:
-                async for piece in reader.iter_range():
-                    await file.write(piece)
+            async with await trio.open_file(tmp, "wb") as file, _read_ahead(
+                    _segments(reader.iter_range(), SEGMENT_SIZE)) as segments:
+                # Received in small pieces, written a segment at a time while the next arrives.
+                async for segment in segments:
+                    await file.write(segment)
                     if progress:
-                        progress(len(piece))
+                        progress(len(segment))
                 await trio.to_thread.run_sync(os.fsync, file.fileno())
             await trio.to_thread.run_sync(os.replace, tmp, dest)
         finally:

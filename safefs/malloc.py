@@ -1,14 +1,18 @@
 """glibc malloc settings for processes that move data in chunk-sized buffers.
 
 Every chunk passes through a few buffers of up to 4 MiB (plain, compressed, sealed, read back).
-By default glibc serves allocations that large with ``mmap`` and hands freed memory at the top
-of a heap back to the kernel, so each buffer is page-faulted in again, a thousand faults per
-buffer: encrypting 1 GiB took 800,000 faults and 3 s of system time, against 19,000 faults and
-0.9 s with the settings below (and 3.5 s -> 2.0 s wall time). Both are needed: a high mmap
-threshold alone leaves heap trimming giving the pages back.
+By default glibc serves allocations that large with ``mmap`` and unmaps them when freed, so each
+buffer is page-faulted in again, a thousand faults per buffer: encrypting 1 GiB took 800,000
+faults and 3 s of system time, against 19,000 faults and 0.9 s with a high mmap threshold and
+trim threshold (3.5 s -> 2.0 s wall time). Both are needed: a high mmap threshold alone leaves
+heap trimming giving the pages back (a 16 MiB trim threshold still took 790,000 faults).
 
-The cost is that up to ``TRIM_THRESHOLD`` of freed memory per arena stays mapped for reuse; peak
-RSS (what the benchmarks report) is unchanged.
+Keeping freed memory for reuse costs resident memory in every malloc arena, and glibc makes an
+arena per busy thread: buffers allocated by the event loop, the trio workers and the chunk
+workers each left their own reserve, and the gateway's peak RSS during a 1 GiB upload was 177
+MiB for 40 MiB of live buffers. One arena brings it to 136-140 MiB at the same speed. (The engine
+alone, two threads doing nothing but chunk work, is faster with an arena each: the benchmarks
+measure it that way, ``tune(single_arena=False)``, so that it is not handicapped.)
 """
 
 from __future__ import annotations
@@ -22,21 +26,25 @@ log = logging.getLogger(__name__)
 # mallopt(3) parameters.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
-# glibc's upper limit for the mmap threshold on 64-bit systems (HEAP_MAX_SIZE / 2).
-MMAP_THRESHOLD = 32 * 1024 * 1024
-TRIM_THRESHOLD = 128 * 1024 * 1024
+SETTINGS = {
+    # glibc's upper limit for the mmap threshold on 64-bit systems (HEAP_MAX_SIZE / 2).
+    M_MMAP_THRESHOLD: 32 * 1024 * 1024,
+    # Freed memory is kept for reuse rather than trimmed: resident memory stays at its peak
+    # (which is what the memory targets bound) instead of being faulted in again.
+    M_TRIM_THRESHOLD: 512 * 1024 * 1024,
+}
 
 
-def tune() -> bool:
+def tune(single_arena: bool = True) -> bool:
     """Apply the settings to this process (call before starting threads); whether it could."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False  # not glibc (musl has no mallopt): keep the defaults
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = SETTINGS | ({M_ARENA_MAX: 1} if single_arena else {})
+    ok = all([mallopt(parameter, value) for parameter, value in settings.items()])
     if not ok:
-        log.debug("mallopt refused the buffer settings; keeping glibc's defaults")
+        log.debug("mallopt refused some of the buffer settings")
     return ok

@@ -330,16 +330,15 @@ def _xor_pad(buffer: np.ndarray, pad: bytes) -> None:
     np.bitwise_xor(buffer[body:], period[: len(buffer) - body], out=buffer[body:])
 
 
-def compress(plain: Any, quality: int) -> bytes:
+def compress(plain: Any, quality: int) -> bytearray:
     """brotli at ``quality``, fed 4096 bytes at a time as the format requires."""
     compressor = brotli.Compressor(quality=quality)
     view = memoryview(plain)
-    parts = [
-        compressor.process(view[i : i + BROTLI_FEED_SIZE])
-        for i in range(0, len(view), BROTLI_FEED_SIZE)
-    ]
-    parts.append(compressor.finish())
-    return b"".join(parts)
+    out = bytearray()  # grown in place: no list of parts joined into a second copy
+    for i in range(0, len(view), BROTLI_FEED_SIZE):
+        out += compressor.process(view[i : i + BROTLI_FEED_SIZE])
+    out += compressor.finish()
+    return out
 
 
 def _seal(compressed: bytes, secrets: tuple[bytes, bytes, bytes]) -> bytes:
@@ -528,7 +527,8 @@ class Encryptor:
         self._executor = executor
         self._max_in_flight = max_in_flight
         self.size = 0
-        self._tail: list[bytes] = []  # bytes [len(src) x max, size) once past the head
+        # Bytes [len(src) x max, size) once past the head: pieces as they came, or views of them.
+        self._tail: list[bytes | memoryview] = []
         self._src: list[bytes] = []  # plaintext hashes of the chunks taken so far, in order
         self._dst: dict[int, bytes] = {}
         self._in_flight: deque[Future[None]] = deque()
@@ -549,15 +549,28 @@ class Encryptor:
             index = len(self._src)
             self._take(index, self._read_head(index * self._chunk_size, self._chunk_size))
         while self.size - len(self._src) * self._chunk_size >= self._chunk_size:
-            joined = b"".join(self._tail)
-            self._tail = [joined[self._chunk_size:]] if len(joined) > self._chunk_size else []
-            self._take(len(self._src), joined[: self._chunk_size])
+            self._take(len(self._src), self._cut_tail(self._chunk_size))
 
-    def checkpoint(self) -> tuple[int, tuple[bytes, ...], int]:
+    def _cut_tail(self, n: int) -> bytes:
+        """The first ``n`` bytes held in the tail, removed from it, copied once."""
+        parts: list[Any] = []
+        while n:
+            piece = self._tail[0]
+            if len(piece) <= n:
+                parts.append(self._tail.pop(0))
+                n -= len(piece)
+            else:
+                view = memoryview(piece)
+                parts.append(view[:n])
+                self._tail[0] = view[n:]  # no copy: a view of the piece it came from
+                n = 0
+        return b"".join(parts)
+
+    def checkpoint(self) -> tuple[int, tuple[bytes | memoryview, ...], int]:
         """The state to go back to if what is appended next has to be taken back."""
         return self.size, tuple(self._tail), len(self._src)
 
-    def rollback(self, checkpoint: tuple[int, tuple[bytes, ...], int]) -> None:
+    def rollback(self, checkpoint: tuple[int, tuple[bytes | memoryview, ...], int]) -> None:
         """Forget everything appended since ``checkpoint`` (an append that failed half-way)."""
         self._check()
         while self._in_flight:

@@ -119,7 +119,7 @@ class Gateway:
     def new_spool(self, prefix: str, head: bytes = b"", md5: bool = False) -> blobs.Spool:
         """A temporary upload in the spool directory, encrypted as it grows (blocking)."""
         return blobs.Spool(self.spool_dir, self.store, self.settings.selfenc,
-                           self.chunk_workers, 2 * self.settings.threads, prefix=prefix,
+                           self.chunk_workers, self.settings.threads, prefix=prefix,
                            head=head, md5=md5)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
