@@ -203,6 +203,11 @@ class Metadata:
         self.on_change: Callable[[], None] = lambda: None
         new = not path.exists()
         self.db = sqlite3.connect(path, isolation_level=None)
+        # Only this daemon opens the database (the mount holds its cache directory's lock), so
+        # it keeps SQLite's file locks for good: otherwise every statement takes and drops a
+        # read lock, two fcntl calls, 690,000 of them in one untar of 2,434 files. Set before
+        # WAL mode, so that the WAL index lives in this process's memory, not a -shm file.
+        self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         if new:
