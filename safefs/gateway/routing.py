@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -308,6 +308,29 @@ class Routes:
         return self._decorator("DELETE", path, access)
 
 
+# What a handler left unread of a request body (an early error, a retried append the gateway
+# already has) is read and dropped up to this much, so that the connection can carry the next
+# request; past it the connection is closed after the answer instead.
+DRAIN_LIMIT = 4 * 1024 * 1024
+
+
+async def drain(request: Request) -> bool:
+    """Consume the rest of the request body; False if more than ``DRAIN_LIMIT`` was left."""
+    if "content-length" not in request.headers and "transfer-encoding" not in request.headers:
+        return True
+    received = 0
+    try:
+        async for piece in request.stream():
+            received += len(piece)
+            if received > DRAIN_LIMIT:
+                return False
+    except ClientDisconnect:
+        return False
+    except RuntimeError:  # Starlette: the stream was read without keeping the body
+        return True
+    return True
+
+
 def _endpoint(handler: Handler, access: Access) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         gateway: Gateway = request.app.state.gateway
@@ -324,9 +347,12 @@ def _endpoint(handler: Handler, access: Access) -> Callable[[Request], Awaitable
                 call.require_lla()
             elif access is Access.ADMIN:
                 call.require_admin()
-            return to_response(await handler(call))
+            response = to_response(await handler(call))
         except Exception as exc:  # every failure becomes a response; the server keeps serving
-            return error_response(exc)
+            response = error_response(exc)
+        if not await drain(request):
+            response.headers["connection"] = "close"
+        return response
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__

@@ -35,7 +35,6 @@ RECEIVE_BYTES = 1 << 20
 if getattr(hypercorn.trio.tcp_server, "MAX_RECV", 0) < RECEIVE_BYTES:
     hypercorn.trio.tcp_server.MAX_RECV = RECEIVE_BYTES
 
-APP_QUEUE_PIECES = 2
 DEFAULT_LISTEN = "127.0.0.1:8100"
 GRACEFUL_TIMEOUT = 30.0
 
@@ -77,9 +76,6 @@ async def serve(store_url: str, listen: str, settings: GatewaySettings, *,
     config.certfile = certfile
     config.keyfile = keyfile
     config.graceful_timeout = GRACEFUL_TIMEOUT
-    # Request-body pieces a connection may queue ahead of its handler (up to RECEIVE_BYTES
-    # each): the handler's pace is the upload's backpressure, not a queue of 10 MiB.
-    config.max_app_queue_size = APP_QUEUE_PIECES
     gateway = Gateway.open(store_url, settings)
     app = create_app(gateway)
     # chainAPI signatures do not cover request bodies, so safefs.gateway.chain serves its API
