@@ -154,6 +154,7 @@ def test_pending_dirs_deepest_first(meta: Metadata) -> None:
 
 def test_schema_survives_reopening(tmp_path: Path, meta: Metadata) -> None:
     meta.create(ROOT_INODE, b"f", FILE, 0, 0)
+    meta.close()  # the database is held exclusively while open, as by a mount
     again = Metadata(meta.path, (0, 0))
     assert again.lookup(ROOT_INODE, b"f") is not None
     again.close()
