@@ -19,7 +19,7 @@ import base64
 import logging
 import os
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -101,6 +101,7 @@ class GatewayClient:
         self.admin_secret = admin_secret
         self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._cipher_handles: dict[str, int] = {}  # cipher-opts kind -> handle, reused
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -193,6 +194,7 @@ class GatewayClient:
         body = await self.json("POST", "/auth", json={"app": app, "permissions": list(permissions)},
                                headers=headers, timeout=httpx.Timeout(self._timeout, read=None))
         self.token = body["token"]
+        self._cipher_handles.clear()  # handles belong to the session of the previous token
         return self.token
 
     async def token_valid(self) -> bool:
@@ -206,6 +208,7 @@ class GatewayClient:
         """Give this client's token back (``DELETE /auth``)."""
         await self.request("DELETE", "/auth")
         self.token = None
+        self._cipher_handles.clear()
 
     # -- admin (needs admin_secret) -------------------------------------------------------
 
@@ -294,15 +297,8 @@ class GatewayClient:
             await self.drop_writer(writer)
 
     async def _close_to_data_id(self, writer: int, cipher: str) -> bytes:
-        # A non-numeric cipher handle means PLAIN to the launcher, which saves two round trips.
-        cipher_handle: int | str = "PLAIN"
-        if cipher.upper() != "PLAIN":
-            cipher_handle = await self.cipher_opts(cipher.upper())
-        try:
-            data_id = await self.close_writer(writer, cipher_handle)
-        finally:
-            if isinstance(cipher_handle, int):
-                await self.drop_cipher_opts(cipher_handle)
+        data_id = await self._using_cipher(
+            cipher, lambda handle: self.close_writer(writer, "PLAIN" if handle is None else handle))
         try:
             return await self.serialise_data_id(data_id)
         finally:
@@ -368,22 +364,40 @@ class GatewayClient:
         finally:
             await self.drop_data_id(data_id)
 
-    async def _with_cipher(self, cipher: str) -> int | None:
-        return None if cipher.upper() == "PLAIN" else await self.cipher_opts(cipher.upper())
+    async def _using_cipher(self, cipher: str, use: Callable[[int | None], Awaitable[T]]) -> T:
+        """``use(handle)`` with a cipher-opts handle kept for the session (None for PLAIN):
+        two requests fewer per use. A handle the gateway no longer knows (evicted, another
+        session) is replaced once; the gateway checks it before it changes anything."""
+        cipher = cipher.upper()
+        if cipher == "PLAIN":
+            return await use(None)
+        for attempt in range(2):
+            handle = self._cipher_handles.get(cipher)
+            if handle is None:
+                handle = await self.cipher_opts(cipher)
+                if self._cipher_handles.setdefault(cipher, handle) != handle:
+                    await self.drop_cipher_opts(handle)  # another task made one meanwhile
+                    handle = self._cipher_handles[cipher]
+            try:
+                return await use(handle)
+            except GatewayError as exc:
+                if exc.code != errors.INVALID_CIPHER_OPT_HANDLE or attempt:
+                    raise
+                if self._cipher_handles.get(cipher) == handle:
+                    del self._cipher_handles[cipher]
+        raise AssertionError("unreachable")
 
     async def sd_create(self, name: bytes, tag: int, data: bytes, cipher: str = "PLAIN",
                         version: int = 0) -> None:
         """Create and store a StructuredData (Conflict if it exists)."""
-        cipher_handle = await self._with_cipher(cipher)
-        body: dict[str, Any] = {"name": _b64(name), "typeTag": tag, "data": _b64(data),
-                                "version": version}
-        if cipher_handle is not None:
-            body["cipherOpts"] = cipher_handle
-        try:
-            handle = await self._handle("POST", "/structured-data", json=body)
-        finally:
+        async def create(cipher_handle: int | None) -> int:
+            body: dict[str, Any] = {"name": _b64(name), "typeTag": tag, "data": _b64(data),
+                                    "version": version}
             if cipher_handle is not None:
-                await self.drop_cipher_opts(cipher_handle)
+                body["cipherOpts"] = cipher_handle
+            return await self._handle("POST", "/structured-data", json=body)
+
+        handle = await self._using_cipher(cipher, create)
         try:
             await self.request("PUT", f"/structured-data/{handle}")
         finally:
@@ -410,15 +424,13 @@ class GatewayClient:
                 raise Conflict(400, errors.INVALID_SUCCESSOR,
                                f"record is at version {info['version']}, "
                                f"not {expected_version}")
-            cipher_handle = await self._with_cipher(cipher)
-            body: dict[str, Any] = {"data": _b64(data)}
-            if cipher_handle is not None:
-                body["cipherOpts"] = cipher_handle
-            try:
-                await self.request("PATCH", f"/structured-data/{handle}", json=body)
-            finally:
+            async def patch(cipher_handle: int | None) -> None:
+                body: dict[str, Any] = {"data": _b64(data)}
                 if cipher_handle is not None:
-                    await self.drop_cipher_opts(cipher_handle)
+                    body["cipherOpts"] = cipher_handle
+                await self.request("PATCH", f"/structured-data/{handle}", json=body)
+
+            await self._using_cipher(cipher, patch)
             await self.request("POST", f"/structured-data/{handle}")
             return expected_version + 1
         finally:

@@ -56,7 +56,7 @@ def put_chunks(url: str, seeds: list[int]) -> list[bool]:
 
 
 def die_during_put(url: str, seed: int, crash_in: str) -> None:
-    """Put a chunk and kill the process inside ``os.<crash_in>`` (write, fsync or link).
+    """Put and flush a chunk and kill the process inside ``os.<crash_in>`` (write or link).
 
     ``os._exit`` skips every cleanup, like a power cut or ``kill -9`` at that instant; a
     crash in ``write`` first writes half the chunk, leaving a torn temp file.
@@ -72,3 +72,4 @@ def die_during_put(url: str, seed: int, crash_in: str) -> None:
 
     setattr(os, crash_in, crash)
     store.put_chunk(*make_chunk(seed))
+    store.flush()

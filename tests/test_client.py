@@ -53,6 +53,27 @@ async def test_symmetric_round_trip_and_other_apps(module_gateway, client):
     assert info.value.code == -1520
 
 
+async def test_cipher_handle_is_kept_and_replaced_when_gone(client, monkeypatch):
+    """One cipher-opts handle serves every upload of a session; a handle the gateway dropped
+    (evicted, restarted) is replaced once, and the upload still succeeds."""
+    made = []
+    real = client.cipher_opts
+
+    async def counting(kind, key_handle=None):
+        made.append(await real(kind, key_handle))
+        return made[-1]
+
+    monkeypatch.setattr(client, "cipher_opts", counting)
+    first = await client.put_bytes(b"a" * 5000, cipher="SYMMETRIC")
+    second = await client.put_bytes(b"b" * 5000, cipher="SYMMETRIC")
+    assert len(made) == 1
+    await client.drop_cipher_opts(made[0])  # gone at the gateway, still kept by the client
+    third = await client.put_bytes(b"c" * 5000, cipher="SYMMETRIC")
+    assert len(made) == 2
+    for data_id, byte in ((first, b"a"), (second, b"b"), (third, b"c")):
+        assert await client.get_bytes(data_id) == byte * 5000
+
+
 async def test_file_round_trip_20mib(client, tmp_path):
     folder = tmp_path / "files"
     folder.mkdir()

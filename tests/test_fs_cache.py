@@ -12,7 +12,7 @@ import trio
 
 from safefs.fs.cache import FileCache
 from safefs.fs.dirrecord import Ref
-from safefs.fs.meta import BLOCK_SIZE, ROOT_INODE, Metadata
+from safefs.fs.meta import BLOCK_SIZE, ROOT_INODE, SMALL_FILE_MAX, Metadata
 
 CONTENT = random.Random(1).randbytes(5 * BLOCK_SIZE + 1234)
 
@@ -130,3 +130,62 @@ async def test_only_clean_blocks_are_evicted(meta: Metadata, tmp_path: Path) -> 
         cache.uploaded(dirty)
         assert cache.usage <= limit
         assert await cache.read(dirty, 0, len(payload)) == payload
+
+
+async def test_small_files_live_in_the_database(meta: Metadata, tmp_path: Path) -> None:
+    """Small files get no cache file: their content is a row, then the inline upload."""
+    source = Source()
+    files = tmp_path / "files"
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, files, 1 << 30, source.fetch, nursery)
+        inode = meta.create(ROOT_INODE, b"small", stat.S_IFREG | 0o644, 0, 0).id
+        await cache.write(inode, 0, b"hello world")
+        await cache.write(inode, 20, b"!")  # a hole in between
+        expected = b"hello world" + bytes(9) + b"!"
+        assert await cache.read(inode, 0, 100) == expected
+        cache.truncate(inode, 5)
+        cache.truncate(inode, 8)
+        expected = b"hello" + bytes(3)
+        assert await cache.read(inode, 0, 100) == expected
+        await cache.fsync(inode)
+        assert meta.get(inode).size == 8 and meta.get(inode).dirty
+        assert cache.small_content(inode) == expected
+        ino = meta.get(inode)
+        assert meta.mark_uploaded(inode, ino.generation, Ref.INLINE, expected, 8, 0,
+                                  in_cache_file=False)
+        cache.uploaded(inode)
+        assert meta.small_content(inode) is None  # the inline copy took over
+        assert await cache.read(inode, 2, 3) == b"llo"
+        assert source.fetched == [] and list(files.iterdir()) == []
+        # Growing past the limit moves it into a cache file, content kept.
+        big = random.Random(3).randbytes(SMALL_FILE_MAX)
+        await cache.write(inode, 8, big)
+        assert await cache.read(inode, 0, 1 << 20) == expected + big
+        assert [p.name for p in files.iterdir()] == [str(inode)]
+        assert meta.small_content(inode) is None and cache.small_content(inode) is None
+
+
+async def test_small_file_content_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "meta.sqlite"
+    meta = Metadata(path, (0, 0))
+    meta.init_root(b"r" * 32)
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, Source().fetch, nursery)
+        inode = meta.create(ROOT_INODE, b"small", stat.S_IFREG | 0o644, 0, 0).id
+        await cache.write(inode, 0, b"kept")
+    meta.close()
+    meta = Metadata(path, (0, 0))
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, tmp_path / "files", 1 << 30, Source().fetch, nursery)
+        assert await cache.read(inode, 0, 10) == b"kept" and meta.get(inode).dirty
+    meta.close()
+
+
+def test_metadata_of_schema_1_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "meta.sqlite"
+    meta = Metadata(path, (0, 0))
+    meta.db.executescript("DROP TABLE small_files; UPDATE settings SET value=1 WHERE key='schema'")
+    meta.close()
+    meta = Metadata(path, (0, 0))
+    assert meta.setting("schema") == 2 and meta.small_content(5) is None
+    meta.close()

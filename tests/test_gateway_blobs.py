@@ -99,8 +99,11 @@ def test_missing_and_damaged_data():
     assert info.value.code == -18
 
 
-def test_spool_rolls_back_and_seals_once(tmp_path, workers):
-    """A failed append is taken back; a second close answers the first one's name."""
+@pytest.mark.parametrize("head_in_memory", [blobs.SPOOL_HEAD_IN_MEMORY, 100_000])
+def test_spool_rolls_back_and_seals_once(tmp_path, workers, monkeypatch, head_in_memory):
+    """A failed append is taken back; a second close answers the first one's name. The kept
+    head (three chunks) stays in memory when it is small enough, else goes to a file."""
+    monkeypatch.setattr(blobs, "SPOOL_HEAD_IN_MEMORY", head_in_memory)
     store = MemoryStore()
     data = os.urandom(1_000_000)
     spool = spooled(store, tmp_path, workers, data[:700_000])
@@ -113,8 +116,13 @@ def test_spool_rolls_back_and_seals_once(tmp_path, workers):
     with pytest.raises(SafeError) as info:
         spool.write(b"more")
     assert info.value.code == -26
-    assert spool.path.stat().st_size == 3 * SETTINGS.max_chunk_size  # only the head was spooled
+    head = 3 * SETTINGS.max_chunk_size
+    if head <= head_in_memory:
+        assert spool.path is None and not list(tmp_path.iterdir())
+    else:
+        assert spool.path.stat().st_size == head  # only the head was spooled
+    path = spool.path
     spool.release()
-    assert not spool.path.exists()
+    assert path is None or not path.exists()
     assert blobs.Blob(store, ChunkCache(1 << 20), name).read(0, 10**7) == data
     assert name == blobs.store_bytes(store, data, CipherOpts.plain(), SETTINGS)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from safefs.gateway.blobs import SPOOL_HEAD_IN_MEMORY
 from safefs.model import DataIdentifier
 
 CONTENT = b"Test sample"
@@ -255,20 +256,23 @@ async def test_handles_belong_to_their_session(module_gateway, http):
     assert (await other_token_api.call("GET", f"/immutable-data/{reader}")).json() == INVALID_SE
 
 
+BIG = b"a" * (SPOOL_HEAD_IN_MEMORY + 1)
+
+
 @pytest.mark.gateway_args("--handle-capacity", "3")
 async def test_lru_eviction(gateway, own_api):
     api = own_api
     writers = [await api.handle("GET", "/immutable-data/writer") for _ in range(3)]
     # Using the oldest makes the second the least recently used.
-    assert (await api.call("POST", f"/immutable-data/{writers[0]}", content=b"a")
+    assert (await api.call("POST", f"/immutable-data/{writers[0]}", content=BIG)
             ).status_code == 200
     fourth = await api.handle("GET", "/immutable-data/writer")
-    assert (await api.call("POST", f"/immutable-data/{writers[1]}", content=b"a")
+    assert (await api.call("POST", f"/immutable-data/{writers[1]}", content=BIG)
             ).json() == INVALID_SE
     for handle in (writers[0], writers[2], fourth):
-        assert (await api.call("POST", f"/immutable-data/{handle}", content=b"a")
+        assert (await api.call("POST", f"/immutable-data/{handle}", content=BIG)
                 ).status_code == 200
-    # Evicting a writer deletes its spool file.
+    # Evicting a writer deletes its spool file (BIG is too much to keep in memory).
     assert len(os.listdir(gateway.env.data_dir / "spool")) == 3
 
 

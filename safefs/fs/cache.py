@@ -1,5 +1,10 @@
 """The write-back cache: the plaintext content of files, one sparse cache file per inode.
 
+Small files (up to ``SMALL_FILE_MAX``) without a cache file keep their changed content in the
+metadata database instead (``small_files``), and a clean one that travels inline in its
+directory's record is read from that inline copy: no cache file is created or deleted for them.
+A small file that grows moves into a cache file and stays there.
+
 A cache file always has the file's current size. Its bytes are valid except in blocks below the
 inode's ``fetch_limit`` that ``cache_blocks`` does not list: those are fetched from the last
 uploaded content (``data``) on first use, one ``BLOCK_SIZE`` block at a time. Writes land in the
@@ -30,7 +35,8 @@ from pathlib import Path
 import trio
 
 from safefs.fs import run_all
-from safefs.fs.meta import BLOCK_SIZE, Metadata, NoSuchEntry, blocks_in
+from safefs.fs.dirrecord import Ref
+from safefs.fs.meta import BLOCK_SIZE, SMALL_FILE_MAX, Inode, Metadata, NoSuchEntry, blocks_in
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ class FileCache:
         self._pins: Counter[tuple[int, int]] = Counter()
         self._over_limit = False
         self._new_files = False  # cache files created since the directory was last fsynced
-        self._allocated: dict[int, int] = {}
+        self._allocated: dict[int, int] = {}  # inodes that have a cache file: its bytes on disk
         self.usage = 0
         self.lru: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._lru_by_inode: dict[int, set[int]] = {}
@@ -114,6 +120,7 @@ class FileCache:
         except FileNotFoundError:
             fd = os.open(self.path(inode), os.O_RDWR | os.O_CREAT, 0o600)
             self._new_files = True
+            self._allocated.setdefault(inode, 0)
         if os.fstat(fd).st_size != size:
             os.ftruncate(fd, size)
         self._fds[inode] = fd
@@ -126,6 +133,49 @@ class FileCache:
         self.usage += allocated - self._allocated.get(inode, 0)
         self._allocated[inode] = allocated
 
+    # -- small files --------------------------------------------------------------------------
+
+    def _is_small(self, ino: Inode) -> bool:
+        """Whether the file's content is in the database rather than a cache file: small, no
+        cache file, and nothing to fetch from an ImmutableData upload."""
+        return ino.size <= SMALL_FILE_MAX and ino.id not in self._allocated and (
+            ino.data_ref != Ref.DATA_ID or ino.fetch_limit == 0)
+
+    def _small_content(self, ino: Inode) -> bytes:
+        content = self.meta.small_content(ino.id)
+        if content is not None:
+            return content
+        inline = ino.data or b"" if ino.data_ref == Ref.INLINE else b""
+        return inline[:min(ino.fetch_limit, ino.size)].ljust(ino.size, b"\0")
+
+    def small_content(self, inode: int) -> bytes | None:
+        """The whole content of a small file kept in the database (None: it has a cache file)."""
+        ino = self.meta.get(inode)
+        return self._small_content(ino) if self._is_small(ino) else None
+
+    def to_cache_file(self, inode: int) -> None:
+        """Move a small file's content into a cache file of its own (it outgrew the database)."""
+        ino = self.meta.get(inode)
+        if not self._is_small(ino):
+            return
+        content = self._small_content(ino)
+        fd = self._fd(inode)
+        os.pwrite(fd, content, 0)
+        self.meta.small_to_cache_file(inode)
+        self._account(inode, fd)
+
+    def _write_small(self, ino: Inode, offset: int, data: bytes) -> bool:
+        """Write into a small file's content; False if the result would not be small."""
+        end = offset + len(data)
+        if max(ino.size, end) > SMALL_FILE_MAX:
+            return False
+        content = bytearray(self._small_content(ino))
+        if offset > len(content):
+            content.extend(bytes(offset - len(content)))
+        content[offset:end] = data
+        self.meta.write_small(ino.id, bytes(content))
+        return True
+
     # -- reading ------------------------------------------------------------------------------
 
     async def read(self, inode: int, offset: int, length: int, read_ahead: bool = False) -> bytes:
@@ -133,6 +183,8 @@ class FileCache:
         end = min(offset + length, ino.size)
         if offset >= end:
             return b""
+        if self._is_small(ino):
+            return self._small_content(ino)[offset:end]
         if offset < ino.fetch_limit:  # parts may still be at the gateway only
             with self._pinned(inode, offset, end):
                 await self.ensure_present(inode, offset, end)
@@ -173,7 +225,7 @@ class FileCache:
         except NoSuchEntry:
             return []
         end = min(end, ino.fetch_limit)
-        if start >= end:
+        if start >= end or self._is_small(ino):
             return []
         first, last = start // BLOCK_SIZE, blocks_in(end)
         present = self.meta.cached_blocks(inode, first, last)
@@ -233,6 +285,11 @@ class FileCache:
         if not data:
             return 0
         end = offset + len(data)
+        ino = self.meta.get(inode)
+        if self._is_small(ino):
+            if self._write_small(ino, offset, data):
+                return len(data)
+            self.to_cache_file(inode)
         while True:
             ino = self.meta.get(inode)
             # Blocks of uploaded content that this write covers only in part: fetch them first.
@@ -258,6 +315,12 @@ class FileCache:
 
     def truncate(self, inode: int, size: int) -> None:
         """Set the size; bytes beyond a shrink become local zeros if the file grows again."""
+        ino = self.meta.get(inode)
+        if self._is_small(ino):
+            if size <= SMALL_FILE_MAX:
+                self.meta.write_small(inode, self._small_content(ino)[:size].ljust(size, b"\0"))
+                return
+            self.to_cache_file(inode)
         fd = self._fd(inode)
         os.ftruncate(fd, size)
         ino = self.meta.get(inode)
@@ -270,6 +333,9 @@ class FileCache:
 
     async def fsync(self, inode: int) -> None:
         """Make the file's content and metadata survive a power loss."""
+        if self._is_small(self.meta.get(inode)):  # the database holds the content
+            await trio.to_thread.run_sync(self.meta.make_durable)
+            return
         fd = os.dup(self._fd(inode))  # the shared descriptor may be closed meanwhile
         try:
             await trio.to_thread.run_sync(os.fsync, fd)
@@ -283,12 +349,13 @@ class FileCache:
     # -- life cycle ---------------------------------------------------------------------------
 
     def drop(self, inode: int) -> None:
-        """Forget an inode's cache file (the inode is gone)."""
+        """Forget an inode's cache file (the inode is gone, or its content was replaced)."""
         fd = self._fds.pop(inode, None)
         if fd is not None:
             os.close(fd)
-        self.path(inode).unlink(missing_ok=True)
-        self.usage -= self._allocated.pop(inode, 0)
+        if inode in self._allocated:
+            self.path(inode).unlink(missing_ok=True)
+            self.usage -= self._allocated.pop(inode)
         self._lru_discard_inode(inode)
 
     def replaced(self, inode: int) -> None:

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 #: Inode number of the control file; never stored in ``inodes``.
 CTRL_INODE = 2
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Files up to this size keep their local content in ``small_files`` rather than in a cache file
+#: of their own: creating and deleting a file per small file is most of an untar's or an
+#: ``rm -rf``'s cost, and such content usually travels inline in its directory's record anyway.
+SMALL_FILE_MAX = 16 * 1024
 
 
 class DirState(enum.IntEnum):
@@ -113,6 +117,14 @@ def create_tables(db: sqlite3.Connection) -> None:
         PRIMARY KEY (inode, block)
     ) WITHOUT ROWID;
 
+    CREATE TABLE small_files (
+        -- the whole content of a small file that has no cache file and local changes;
+        -- a file has a row here, or a cache file, or neither (then its content is its inline
+        -- `data` below `fetch_limit` and zeros above), never both
+        inode   INTEGER PRIMARY KEY,
+        content BLOB NOT NULL  -- exactly `size` bytes
+    );
+
     CREATE TABLE moved_out (
         -- a published entry moved to another directory whose record does not show it yet;
         -- until then the source keeps publishing its old entry, so a crash leaves a
@@ -132,6 +144,17 @@ def create_tables(db: sqlite3.Connection) -> None:
     INSERT INTO settings (key, value) VALUES ('schema', {SCHEMA_VERSION});
     COMMIT;
     """)
+
+
+def upgrade_tables(db: sqlite3.Connection, schema: object) -> None:
+    """Bring a database of an earlier schema up to date (one transaction)."""
+    if schema == 1:
+        db.executescript("""
+        BEGIN;
+        CREATE TABLE small_files (inode INTEGER PRIMARY KEY, content BLOB NOT NULL);
+        UPDATE settings SET value = 2 WHERE key = 'schema';
+        COMMIT;
+        """)
 
 
 @dataclass(slots=True)
@@ -212,7 +235,9 @@ class Metadata:
         self.db.execute("PRAGMA synchronous=NORMAL")
         if new:
             create_tables(self.db)
-        elif self.setting("schema") != SCHEMA_VERSION:
+        else:
+            upgrade_tables(self.db, self.setting("schema"))
+        if self.setting("schema") != SCHEMA_VERSION:
             raise RuntimeError(f"{path}: unknown metadata schema {self.setting('schema')!r}")
         self.file_changes = {ino.id: 0.0 for ino in self.dirty_files()}
         self.dir_changes = {ino.id: 0.0 for ino in self.pending_dirs()}
@@ -380,7 +405,7 @@ class Metadata:
     def purge(self, inode: int) -> None:
         """Forget an orphan for good (its cache file is the caller's)."""
         with self.transaction():
-            for table in ("xattrs", "cache_blocks", "dir_bases"):
+            for table in ("xattrs", "cache_blocks", "dir_bases", "small_files"):
                 self.db.execute(f"DELETE FROM {table} WHERE inode=?", (inode,))
             self.db.execute("DELETE FROM inodes WHERE id=?", (inode,))
         self.file_changes.pop(inode, None)
@@ -492,6 +517,17 @@ class Metadata:
             f"SELECT {_INODE_COLUMNS} FROM inodes WHERE generation != synced_gen"
             " AND id IN (SELECT inode FROM dirents)")]
 
+    def pending_counts(self) -> tuple[int, int, int]:
+        """(dirty files, their bytes, pending directory records), counted in SQL: status is
+        polled while thousands of files wait."""
+        files, size = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM inodes WHERE generation != synced_gen"
+            " AND id IN (SELECT inode FROM dirents)").fetchone()
+        (dirs,) = self.db.execute(
+            "SELECT count(*) FROM inodes WHERE dir_gen != dir_pub_gen"
+            " AND (id = ? OR id IN (SELECT inode FROM dirents))", (ROOT_INODE,)).fetchone()
+        return files, size, dirs
+
     def pending_dirs(self) -> list[Inode]:
         """Directories whose record must be published, deepest first (children before parents:
         a parent's record may only name child records that exist)."""
@@ -516,9 +552,12 @@ class Metadata:
         return b"/" + b"/".join(reversed(parts))
 
     def mark_uploaded(self, inode: int, generation: int, ref: Ref, data: bytes, size: int,
-                      mtime_ns: int) -> bool:
+                      mtime_ns: int, in_cache_file: bool = True) -> bool:
         """Record a finished upload of the content at ``generation``; False if the file changed
-        meanwhile (it stays dirty and is uploaded again later)."""
+        meanwhile (it stays dirty and is uploaded again later).
+
+        The uploaded content is cached: in the cache file, or else (a small file uploaded inline)
+        as the inline ``data`` itself, which takes over from its ``small_files`` row."""
         with self.transaction():
             updated = self.db.execute(
                 "UPDATE inodes SET synced_gen=?, data_ref=?, data=?, data_size=?,"
@@ -526,9 +565,13 @@ class Metadata:
                 (generation, ref, data, size, mtime_ns, size, inode, generation)).rowcount
             if updated:
                 self.db.execute("DELETE FROM cache_blocks WHERE inode=?", (inode,))
-                self.db.executemany(
-                    "INSERT INTO cache_blocks (inode, block) VALUES (?, ?)",
-                    ((inode, block) for block in range(blocks_in(size))))
+                if in_cache_file:
+                    self.db.executemany(
+                        "INSERT INTO cache_blocks (inode, block) VALUES (?, ?)",
+                        ((inode, block) for block in range(blocks_in(size))))
+                else:
+                    assert ref == Ref.INLINE
+                    self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
                 self._entry_changed(inode)
         if updated:
             self.file_changes.pop(inode, None)
@@ -781,6 +824,27 @@ class Metadata:
         self.db.execute("DELETE FROM xattrs WHERE inode=?", (directory,))
         self.db.executemany("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
                             ((directory, key, value) for key, value in attrs.xattrs))
+
+    # -- small files ------------------------------------------------------------------------
+
+    def small_content(self, inode: int) -> bytes | None:
+        row = self.db.execute("SELECT content FROM small_files WHERE inode=?",
+                              (inode,)).fetchone()
+        return None if row is None else row[0]
+
+    def write_small(self, inode: int, content: bytes) -> None:
+        """The new content of a small file (a write or a truncation), in one transaction."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO small_files (inode, content) VALUES (?, ?)",
+                            (inode, content))
+            self.content_changed(inode, len(content))
+
+    def small_to_cache_file(self, inode: int) -> None:
+        """The file's whole content is in its cache file now: the row and the inline source go."""
+        with self.transaction():
+            self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
+            self.db.execute("DELETE FROM cache_blocks WHERE inode=?", (inode,))
+            self.db.execute("UPDATE inodes SET fetch_limit=0 WHERE id=?", (inode,))
 
     # -- cache blocks -----------------------------------------------------------------------
 

@@ -242,21 +242,29 @@ class SyncTask:
         where = self.meta.name_of(inode)
         inline = size <= INLINE_MAX and where is not None and \
             self.meta.inline_bytes(where[0], besides=inode) + size <= INLINE_BUDGET
-        fd = self.cache.open_for_upload(inode)
-        try:
-            if inline:
-                content = os.pread(fd, size, 0)
-                if len(content) != size:
-                    raise FileChanged(inode)
-                ref, data = Ref.INLINE, content
-            else:
-                large = size > UPLOAD_PIECE
-                async with self._large_uploads if large else contextlib.nullcontext():
-                    data = await self.remote.upload(self._pieces(fd, size), size)
-                ref = Ref.DATA_ID
-        finally:
-            os.close(fd)
-        if not self.meta.mark_uploaded(inode, generation, ref, data, size, mtime_ns):
+        small = self.cache.small_content(inode)
+        if small is not None and not inline:
+            self.cache.to_cache_file(inode)  # uploaded as ImmutableData: cached as such
+            small = None
+        if small is not None:
+            ref, data = Ref.INLINE, small
+        else:
+            fd = self.cache.open_for_upload(inode)
+            try:
+                if inline:
+                    content = os.pread(fd, size, 0)
+                    if len(content) != size:
+                        raise FileChanged(inode)
+                    ref, data = Ref.INLINE, content
+                else:
+                    large = size > UPLOAD_PIECE
+                    async with self._large_uploads if large else contextlib.nullcontext():
+                        data = await self.remote.upload(self._pieces(fd, size), size)
+                    ref = Ref.DATA_ID
+            finally:
+                os.close(fd)
+        if not self.meta.mark_uploaded(inode, generation, ref, data, size, mtime_ns,
+                                       in_cache_file=small is None):
             raise FileChanged(inode)
         self._fsynced.pop(inode, None)
         self.cache.uploaded(inode)
@@ -391,8 +399,7 @@ class SyncTask:
 
     def pending_counts(self) -> tuple[int, int, int]:
         """(dirty files, their bytes, pending directory records)."""
-        files = self.meta.dirty_files()
-        return len(files), sum(ino.size for ino in files), len(self.meta.pending_dirs())
+        return self.meta.pending_counts()
 
     def status(self) -> dict:
         files, size, dirs = self.pending_counts()

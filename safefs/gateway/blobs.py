@@ -80,10 +80,16 @@ class ChunkCache:
 
 
 def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
+    """Store the root chunk; every chunk of the data is durable when its name is returned."""
     root = model.encrypt(opts, envelope)
     name = blake3.blake3(root).digest()
     store.put_chunk(name, root)
+    store.flush()
     return XorName(name)
+
+
+#: Bytes of an upload's head a spool keeps in memory before it moves them to a temporary file.
+SPOOL_HEAD_IN_MEMORY = 256 * 1024
 
 
 class Spool:
@@ -91,19 +97,22 @@ class Spool:
 
     A :class:`selfenc.Encryptor` on the gateway's shared workers encrypts every chunk as soon as
     it is complete, so a large upload is mostly stored by the time it ends; only its first three
-    chunks (read again at the end) go to a temporary file, and one incomplete chunk is held in
-    memory. :meth:`seal` finishes it and stores the root chunk; a spool is sealed once (sealing
-    again answers the same name). Synchronous: the gateway calls it from worker threads, one
-    call at a time.
+    chunks (read again at the end) are kept, in memory up to ``SPOOL_HEAD_IN_MEMORY`` and in a
+    temporary file beyond (most uploads are small: no file is created and deleted for them),
+    and one incomplete chunk is held in memory. :meth:`seal` finishes it and stores the root
+    chunk; a spool is sealed once (sealing again answers the same name). Synchronous: the
+    gateway calls it from worker threads, one call at a time.
     """
 
     def __init__(self, directory: Path, store: Store, settings: selfenc.Settings,
                  executor: Executor, max_in_flight: int, *, prefix: str = "spool-",
                  head: bytes = b"", md5: bool = False) -> None:
         """``head`` starts the content (a salt); ``md5`` keeps the MD5 of what follows it."""
-        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
-        self.path = Path(name)
-        self._fd = fd
+        self._directory = directory
+        self._prefix = prefix
+        self._head = bytearray()  # the kept head while it is small, else ...
+        self._fd = -1  # ... the temporary file that holds it
+        self.path: Path | None = None
         self._store = store
         self._encryptor = selfenc.Encryptor(self._read, self._write, store.put_chunk, settings,
                                             executor, max_in_flight)
@@ -130,7 +139,11 @@ class Spool:
     def rollback(self, checkpoint: object) -> None:
         """Take back what was written since ``checkpoint`` (an append that failed half-way)."""
         self._encryptor.rollback(checkpoint)
-        os.ftruncate(self._fd, min(self.size, self._encryptor.head_size))
+        kept = min(self.size, self._encryptor.head_size)
+        if self._fd < 0:
+            del self._head[kept:]
+        else:
+            os.ftruncate(self._fd, kept)
 
     def md5(self) -> str | None:
         """The MD5 of the content after the head, if asked for."""
@@ -157,15 +170,29 @@ class Spool:
     def release(self) -> None:
         """Drop the upload: queued chunks are cancelled and the file removed."""
         self._encryptor.cancel()
+        self._head = bytearray()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     def _read(self, offset: int, size: int) -> bytes:
+        if self._fd < 0:
+            return bytes(self._head[offset:offset + size])
         return os.pread(self._fd, size, offset)
 
     def _write(self, offset: int, data: bytes) -> None:
+        if self._fd < 0:
+            if offset + len(data) <= SPOOL_HEAD_IN_MEMORY:
+                if offset > len(self._head):
+                    self._head.extend(bytes(offset - len(self._head)))
+                self._head[offset:offset + len(data)] = data
+                return
+            fd, name = tempfile.mkstemp(dir=self._directory, prefix=self._prefix)
+            self._fd, self.path = fd, Path(name)
+            self._write(0, self._head)
+            self._head = bytearray()
         view = memoryview(data)
         while view:
             view = view[os.pwrite(self._fd, view, offset + len(data) - len(view)):]

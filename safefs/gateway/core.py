@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: Blocking calls in flight per worker thread (the chunk workers bound the CPU work).
+BLOCKING_CALLS_PER_THREAD = 4
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     handle_capacity: int = DEFAULT_CAPACITY
@@ -69,7 +73,9 @@ class Gateway:
         self.auth_requests = AuthRequests()
         self.handles = Handles(settings.handle_capacity, settings.shared_handles)
         self.chunk_cache = blobs.ChunkCache(settings.chunk_cache_bytes)
-        self.limiter = trio.CapacityLimiter(settings.threads)
+        # Blocking calls mostly wait (store I/O, a seal's durability barrier, which one flush
+        # serves for every seal waiting at the time): more of them than cores may be in flight.
+        self.limiter = trio.CapacityLimiter(BLOCKING_CALLS_PER_THREAD * settings.threads)
         # Chunk encryption of uploads and decryption ahead of readers, shared by all of them.
         self.chunk_workers = ThreadPoolExecutor(settings.threads, thread_name_prefix="chunks")
         self._lock_fd: int | None = None

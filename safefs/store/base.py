@@ -13,6 +13,10 @@ The interface is synchronous and every call may block on I/O or the network and 
 :class:`StoreUnavailable` (transient: :func:`retry` it). Callers on the trio thread use
 ``trio.to_thread.run_sync``. Implementations are safe to call from many threads at once.
 
+Durability: a chunk put is durable once :meth:`Store.flush` returns (a store may batch the
+work of many puts into one flush, a group commit); a record write is durable when it returns
+and is preceded by a flush, so a record never names a chunk a power cut could take back.
+
 The contract checks (chunk names and hashes, version ranges) live here, in the public methods;
 backends implement the ``_``-prefixed primitives and never see invalid input.
 """
@@ -130,7 +134,8 @@ class Store(ABC):
     _closed = False
 
     def put_chunk(self, name: bytes, data: bytes) -> bool:
-        """Store ``data`` under ``name``; False if it was already there.
+        """Store ``data`` under ``name`` (durable after the next :meth:`flush`); False if it
+        was already there. Racing writers in several processes may all answer True.
 
         Raises :class:`ChunkCorrupted` if ``name`` is not the BLAKE3 digest of ``data``.
         """
@@ -154,10 +159,17 @@ class Store(ABC):
         _check_chunk_name(name)
         return self._has_chunk(name)
 
+    def flush(self) -> None:
+        """Make every chunk put so far (by this process) durable: the durability barrier to
+        pass before a chunk's name is handed out."""
+        self._check_open()
+        self._flush()
+
     def create_record(self, key: bytes, version: int, value: bytes) -> None:
         """Store the first version of a record; RecordExists if the key has any version."""
         self._check_open()
         _check_version(version)
+        self._flush()
         self._create_record(key, version, value)
 
     def cas_record(self, key: bytes, expected_version: int, value: bytes) -> int:
@@ -168,6 +180,7 @@ class Store(ABC):
         """
         self._check_open()
         _check_version(expected_version + 1)
+        self._flush()
         return self._cas_record(key, expected_version, value)
 
     def get_record(self, key: bytes, version: int | None = None) -> tuple[int, bytes]:
@@ -210,6 +223,9 @@ class Store(ABC):
 
     @abstractmethod
     def _put_chunk(self, name: bytes, data: bytes) -> bool: ...
+
+    @abstractmethod
+    def _flush(self) -> None: ...
 
     @abstractmethod
     def _get_chunk(self, name: bytes) -> bytes: ...

@@ -3,9 +3,11 @@
 The layout and the rules that make it safe (atomic publication, fsync order, locking) are
 specified in docs/FORMAT.md §4; the short version:
 
-- a chunk is written to ``tmp/``, fsynced, then hard-linked to ``chunks/ab/abcd...`` and the
-  fan-out directory fsynced, so a crash leaves either the whole chunk under its name or nothing
-  (a leftover in ``tmp/``, removed at a later open);
+- a chunk is written to ``tmp/``; at the next flush (a group commit shared by every put since
+  the last one) the file system is synced, every pending chunk hard-linked to
+  ``chunks/ab/abcd...``, and the file system synced again, so a crash leaves either the whole
+  chunk under its name or nothing (a leftover in ``tmp/``, removed at a later open). Two syncs
+  per flush instead of two per chunk: an untar of small files writes thousands of chunks;
 - records live in ``records.sqlite`` (WAL, ``synchronous=FULL``); every read-compare-write runs in
   ``BEGIN IMMEDIATE``, so threads and processes sharing the directory serialise their writes.
 
@@ -15,6 +17,7 @@ processes that use it, which network filesystems do not provide.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -23,7 +26,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,6 +108,10 @@ class LocalStore(Store):
         self._unsaved_chunks = 0
         self._unsaved_bytes = 0
         self._totals_lock = threading.Lock()
+        # Chunks written to tmp/ but not linked under their names yet: final path -> temp path.
+        self._pending: dict[str, str] = {}
+        self._pending_lock = threading.Lock()
+        self._group_commit = GroupCommit(self._publish_pending)
         try:
             self._open_layout()
         except BaseException as exc:
@@ -207,47 +214,67 @@ class LocalStore(Store):
     def _put_chunk(self, name: bytes, data: bytes) -> bool:
         path = self._chunk_path(name)
         try:
+            if path in self._pending:
+                return False
             size = _file_size(path)
             if size == len(data):
                 return False
-            created = self._publish_chunk(path, data, replace=size is not None)
+            if size is not None:
+                # Only damage makes a file of the wrong size (the bytes were checked on the way
+                # in): the flush replaces it.
+                log.warning("replacing damaged chunk %s (%d bytes on disk, %d expected)",
+                            name.hex(), size, len(data))
+            temp = self._temp_path(os.path.basename(path))
+            _write_new(temp, data)
         except OSError as exc:
             raise _os_error(exc, f"writing chunk {name.hex()}") from exc
-        if size is not None:
-            # Only damage makes a file of the wrong size (the bytes were checked on the way in).
-            log.warning("replaced damaged chunk %s (%d bytes on disk, %d expected)",
-                        name.hex(), size, len(data))
-        elif created:
-            self._count_new_chunk(len(data))
-        return created
+        with self._pending_lock:
+            if path in self._pending:  # another thread wrote it meanwhile
+                _remove_quietly(temp)
+                return False
+            self._pending[path] = temp
+        self._group_commit.note_write()
+        return True
 
-    def _publish_chunk(self, path: str, data: bytes, *, replace: bool) -> bool:
-        """Write ``data`` durably under ``path``; False if another writer created it first.
+    def _get_pending(self, name: bytes) -> str | None:
+        """The temp file of a chunk put but not flushed yet."""
+        return self._pending.get(self._chunk_path(name))
 
-        Temp file, fsync, then a hard link: unlike rename, a link never replaces, so exactly one
-        of several racing writers learns that it created the chunk.
-        """
-        fanout_dir = os.path.dirname(path)
-        self._ensure_fanout_dir(fanout_dir)
-        temp = self._temp_path(os.path.basename(path))
+    def _flush(self) -> None:
+        self._group_commit.wait()
+
+    def _publish_pending(self) -> None:
+        """Sync, link every pending chunk under its name, sync again (the group commit)."""
+        with self._pending_lock:
+            batch = list(self._pending.items())
+        if not batch:
+            return
         try:
-            _write_synced(temp, data)
-            if replace:
-                os.replace(temp, path)
-                created = True
-            else:
-                created = _link_new(temp, path)
-            _fsync_dir(fanout_dir)
-        finally:
+            _sync_files(self._temp_dir, [temp for _, temp in batch])
+            directories = set()
+            for path, temp in batch:
+                directories.add(self._ensure_fanout_dir(os.path.dirname(path)))
+                if _file_size(path) is not None:  # damaged (see _put_chunk)
+                    os.replace(temp, path)
+                elif _link_new(temp, path):
+                    self._count_new_chunk(os.stat(path).st_size)
+            _sync_files(self._chunks_dir, [], sorted(directories))
+        except OSError as exc:
+            raise _os_error(exc, "storing chunks") from exc
+        with self._pending_lock:
+            for path, temp in batch:
+                if self._pending.get(path) == temp:
+                    del self._pending[path]
+        for _, temp in batch:
             _remove_quietly(temp)
-        return created
 
-    def _ensure_fanout_dir(self, directory: str) -> None:
+    def _ensure_fanout_dir(self, directory: str) -> str:
+        """Create a fan-out directory if missing; returns it (its entries change)."""
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
-            return
-        _fsync_dir(self._chunks_dir)
+            pass
+        return directory
 
     def _count_new_chunk(self, size: int) -> None:
         with self._totals_lock:
@@ -273,9 +300,18 @@ class LocalStore(Store):
             log.warning("chunk totals not updated: %s", exc)
 
     def _get_chunk(self, name: bytes) -> bytes:
+        path = self._chunk_path(name)
         try:
-            with open(self._chunk_path(name), "rb") as file:
-                return file.read()
+            try:
+                return _read(path)
+            except FileNotFoundError:
+                temp = self._get_pending(name)
+                if temp is None:
+                    raise
+            try:
+                return _read(temp)
+            except FileNotFoundError:  # linked meanwhile, and its temp file removed
+                return _read(path)
         except FileNotFoundError:
             raise ChunkNotFound(name) from None
         except OSError as exc:
@@ -283,7 +319,8 @@ class LocalStore(Store):
 
     def _has_chunk(self, name: bytes) -> bool:
         try:
-            return _file_size(self._chunk_path(name)) is not None
+            return self._get_pending(name) is not None or \
+                _file_size(self._chunk_path(name)) is not None
         except OSError as exc:
             raise _os_error(exc, f"looking up chunk {name.hex()}") from exc
 
@@ -327,6 +364,7 @@ class LocalStore(Store):
         return [version for (version,) in rows]
 
     def _stats(self) -> StoreStats:
+        self._flush()  # chunks are counted when they are linked
         self._save_totals()
         with self._db() as db:
             chunk_count, chunk_bytes, record_count = db.execute(
@@ -393,6 +431,10 @@ class LocalStore(Store):
                 raise
 
     def _close(self) -> None:
+        try:
+            self._flush()
+        except StoreError as exc:
+            log.warning("chunks not stored at close: %s", exc)
         self._save_totals()
         with self._pool_lock:
             idle, self._idle = self._idle, []
@@ -421,6 +463,85 @@ def _file_size(path: str) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
+
+
+class GroupCommit:
+    """Run ``flush`` so that every write noted before a :meth:`wait` is covered when it
+    returns, with one flush serving all the threads waiting at the time."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._condition = threading.Condition()
+        self._written = 0  # writes noted so far
+        self._covered = 0  # writes covered by the last successful flush
+        self._flushing = False
+
+    def note_write(self) -> None:
+        with self._condition:
+            self._written += 1
+
+    def wait(self) -> None:
+        with self._condition:
+            target = self._written
+            while self._covered < target:
+                if self._flushing:
+                    self._condition.wait()
+                    continue
+                self._flushing = True
+                upto = self._written
+                self._condition.release()
+                try:
+                    self._flush()
+                finally:
+                    self._condition.acquire()
+                    self._flushing = False
+                    self._condition.notify_all()
+                self._covered = max(self._covered, upto)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def _sync_files(directory: str, files: list[str], directories: list[str] = ()) -> None:
+    """Make ``files`` and ``directories`` durable: one ``syncfs`` of the file system that holds
+    ``directory`` where the system has it, else an fsync of each."""
+    if _syncfs is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _syncfs(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+        finally:
+            os.close(fd)
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for path in directories:
+        _fsync_dir(path)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create ``path`` (which must not exist) holding ``data`` (not synced)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        _remove_quietly(path)
+        raise
+    finally:
+        os.close(fd)
 
 
 def _write_synced(path: str, data: bytes) -> None:
