@@ -501,6 +501,10 @@ class GroupCommit:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
 
 
 def _sync_files(directory: str, files: list[str], directories: list[str] = ()) -> None:
@@ -537,6 +541,10 @@ def _write_new(path: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if _sync_file_range is not None:
+            # Start writing it out now, so that the next flush finds little left to write
+            # (a large upload would otherwise leave it all to the flush at its close).
+            _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
     except BaseException:
         _remove_quietly(path)
         raise
