@@ -333,6 +333,7 @@ class FileCache:
 
     async def fsync(self, inode: int) -> None:
         """Make the file's content and metadata survive a power loss."""
+        self.meta.commit()
         if self._is_small(self.meta.get(inode)):  # the database holds the content
             await trio.to_thread.run_sync(self.meta.make_durable)
             return
@@ -344,6 +345,7 @@ class FileCache:
         if self._new_files:
             self._new_files = False
             await trio.to_thread.run_sync(_fsync_dir, self.directory)
+        self.meta.commit()
         await trio.to_thread.run_sync(self.meta.make_durable)
 
     # -- life cycle ---------------------------------------------------------------------------

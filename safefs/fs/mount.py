@@ -35,7 +35,7 @@ from safefs import paths
 from safefs.client import GatewayClient, GatewayError, GatewayUnavailable
 from safefs.fs.cache import FileCache
 from safefs.fs.ctrl import Control
-from safefs.fs.meta import ROOT_INODE, Metadata
+from safefs.fs.meta import COMMIT_DELAY, ROOT_INODE, Metadata
 from safefs.fs.operations import Operations
 from safefs.fs.remote import Remote
 from safefs.fs.sync import SyncTask
@@ -105,6 +105,7 @@ async def _serve(options: MountOptions, mountpoint: Path, cache_dir: Path,
             untrusted = meta.forget_clean_cached_blocks()
         meta.set_setting("mounted", 1)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_commit_grouped, meta)
             cache = FileCache(meta, cache_dir / "files", options.cache_size, remote.fetch,
                               nursery)
             for inode in untrusted:
@@ -131,6 +132,21 @@ async def _serve(options: MountOptions, mountpoint: Path, cache_dir: Path,
         meta.close()
         await remote.aclose()
         await client.aclose()
+
+
+async def _commit_grouped(meta: Metadata) -> None:
+    """Group metadata commits: commit ``COMMIT_DELAY`` after the first change since the last
+    commit (until cancelled; then every change commits at once again)."""
+    try:
+        while True:
+            opened = trio.Event()
+            meta.on_uncommitted = opened.set
+            await opened.wait()
+            await trio.sleep(COMMIT_DELAY)
+            meta.commit()
+    finally:
+        meta.on_uncommitted = None
+        meta.commit()
 
 
 async def _connect(remote: Remote, meta: Metadata, cache_dir: Path) -> None:

@@ -357,6 +357,7 @@ class Operations(pyfuse3.Operations):
         if moving.is_dir and self._is_below(parent_inode_new, moving.id):
             raise FUSEError(errno.EINVAL)  # into itself
         replaced = self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new)
+        self.meta.commit()  # a completed rename survives kill -9 (editors save by rename)
         if replaced is not None:
             self._release_inode(replaced)
 
@@ -453,6 +454,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        self.meta.commit()
         await trio.to_thread.run_sync(self.meta.make_durable)
 
     @_guard
