@@ -341,14 +341,14 @@ def compress(plain: Any, quality: int) -> bytearray:
     return out
 
 
-def _seal(compressed: bytes, secrets: tuple[bytes, bytes, bytes]) -> bytes:
+def _seal(compressed: bytes, secrets: tuple[bytes, bytes, bytes]) -> memoryview:
     # Working in one preallocated buffer avoids two fresh chunk-sized allocations, whose page
-    # faults cost more than the cipher itself.
+    # faults cost more than the cipher itself; the buffer itself is the result (no copy).
     pad, key, nonce = secrets
     sealed = np.empty(len(compressed) + TAG_SIZE, np.uint8)
     ChaCha20Poly1305(key).encrypt_into(nonce, compressed, None, sealed)
     _xor_pad(sealed, pad)
-    return sealed.tobytes()
+    return memoryview(sealed)
 
 
 def _open_chunk(

@@ -12,10 +12,10 @@ from .common import QuietError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from safefs.gateway.core import GatewaySettings
-    from safefs.gateway.server import DEFAULT_LISTEN
+    # Only light modules here: every safefs command builds this parser.
+    from safefs.gateway import DEFAULT_AUTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_THREADS
+    from safefs.gateway.handles import DEFAULT_CAPACITY
 
-    defaults = GatewaySettings()
     parser = subparsers.add_parser(
         "gateway", help="run the gateway (the launcher REST API) in the foreground",
         description="Serve the SAFE launcher REST API over the store until SIGTERM/SIGINT.")
@@ -29,16 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--auto-approve", action="store_true",
                         help="approve every app without asking (for tests only)")
     parser.add_argument("--auth-timeout", type=float, metavar="SECONDS",
-                        default=defaults.auth_timeout,
+                        default=DEFAULT_AUTH_TIMEOUT,
                         help="how long an app waits for approval (default %(default)s)")
     parser.add_argument("--handle-capacity", type=int, metavar="N",
-                        default=defaults.handle_capacity,
+                        default=DEFAULT_CAPACITY,
                         help="handles kept per kind before the least recently used is evicted "
                         "(default %(default)s)")
     parser.add_argument("--shared-handles", action="store_true",
                         help="let every caller use every handle, as the launcher did (to run "
                         "its test suite); by default a handle belongs to the app that made it")
-    parser.add_argument("--threads", type=int, metavar="N", default=defaults.threads,
+    parser.add_argument("--threads", type=int, metavar="N", default=DEFAULT_THREADS,
                         help="worker threads for encryption and store calls "
                         "(default %(default)s)")
     parser.set_defaults(func=run)

@@ -13,8 +13,8 @@ block that is not there yet fetches that block first, like a read).
 
 Eviction drops whole blocks of *clean* files only (they can be fetched again), least recently
 used first, by punching holes; dirty data is never evicted. Durability: a write is in the page
-cache and its metadata committed when the call returns (survives ``kill -9``); :meth:`fsync`
-makes both survive a power loss.
+cache and its metadata change made when the call returns (committed within ``COMMIT_DELAY``,
+see ``meta``); :meth:`fsync` commits both and makes them survive a power loss.
 
 Every method runs on the trio thread; the synchronous parts between two ``await`` are critical
 sections, so after every ``await`` the state is read again before it is used.

@@ -18,6 +18,14 @@ ADMIN_HEADER = "X-Safefs-Admin"
 # before this append. It makes a retried append idempotent (see safefs.gateway.immutable).
 OFFSET_HEADER = "X-Safefs-Offset"
 
+# Defaults of `safefs gateway` (here, not in the server modules, so that the CLI shows them
+# without importing the server and its crypto into every safefs process, the mount included).
+DEFAULT_LISTEN = "127.0.0.1:8100"
+# How long POST /auth waits for a person to approve or reject the app.
+DEFAULT_AUTH_TIMEOUT = 300.0
+# Worker threads for encryption, decryption and store calls.
+DEFAULT_THREADS = max(2, os.cpu_count() or 2)
+
 
 def write_info(url: str) -> None:
     """Record the running gateway in ``paths.gateway_info_file()``: ``{"url", "pid"}``."""

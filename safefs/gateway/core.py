@@ -25,7 +25,7 @@ from safefs import paths, selfenc
 from safefs.keys import Account
 from safefs.store import Store, open_store
 
-from . import blobs, read_admin_secret, read_info
+from . import DEFAULT_AUTH_TIMEOUT, DEFAULT_THREADS, blobs, read_admin_secret, read_info
 from .handles import DEFAULT_CAPACITY, Handles
 from .sessions import AuthRequests, Session, SessionStore
 from .state import open_state_db
@@ -48,14 +48,14 @@ class GatewaySettings:
     # Let every caller use every handle, as the launcher did (for its test suite).
     shared_handles: bool = False
     # How long POST /auth waits for a person to approve or reject the app.
-    auth_timeout: float = 300.0
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     # Approve every app at once (tests only).
     auto_approve: bool = False
     # Decrypted chunks shared by all readers, so that small sequential reads of one chunk
     # decrypt it once: four maximum-size chunks. Long reads decrypt ahead of the cache anyway.
     chunk_cache_bytes: int = 16 * 1024 * 1024
     # Worker threads for encryption, decryption and store calls.
-    threads: int = max(2, os.cpu_count() or 2)
+    threads: int = DEFAULT_THREADS
     # Chunk size and compression of newly written data.
     selfenc: selfenc.Settings = selfenc.DEFAULT_SETTINGS
 

@@ -21,7 +21,7 @@ from hypercorn.config import Config
 
 from safefs.sdnotify import sd_notify
 
-from . import remove_info, write_info
+from . import DEFAULT_LISTEN, remove_info, write_info
 from .app import create_app
 from .core import Gateway, GatewaySettings
 
@@ -35,7 +35,6 @@ RECEIVE_BYTES = 1 << 20
 if getattr(hypercorn.trio.tcp_server, "MAX_RECV", 0) < RECEIVE_BYTES:
     hypercorn.trio.tcp_server.MAX_RECV = RECEIVE_BYTES
 
-DEFAULT_LISTEN = "127.0.0.1:8100"
 GRACEFUL_TIMEOUT = 30.0
 
 
