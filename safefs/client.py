@@ -28,6 +28,7 @@ import httpx
 import trio
 
 from safefs import errors
+from safefs.errors import GatewayError
 from safefs.gateway import ADMIN_HEADER, OFFSET_HEADER
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,6 @@ _CONFLICT_CODES = (errors.DATA_EXISTS, errors.INVALID_SUCCESSOR)
 _STALE_HANDLE_CODES = (errors.INVALID_SE_HANDLE, errors.INVALID_DATA_ID_HANDLE)
 # Failures where the request never reached the gateway: always safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-class GatewayError(Exception):
-    """The gateway refused a request (or could not be reached)."""
-
-    def __init__(self, status: int, code: int, description: str) -> None:
-        super().__init__(f"{description} (HTTP {status}, code {code})")
-        self.status = status
-        self.code = code
-        self.description = description
 
 
 class NotFound(GatewayError):

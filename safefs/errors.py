@@ -97,3 +97,14 @@ class SafeError(Exception):
 
     def to_json(self) -> dict[str, object]:
         return {"errorCode": self.code, "description": self.description}
+
+
+class GatewayError(Exception):
+    """The gateway refused a request (or could not be reached): raised by
+    :mod:`safefs.client`, defined here so that code handling it need not import the client."""
+
+    def __init__(self, status: int, code: int, description: str) -> None:
+        super().__init__(f"{description} (HTTP {status}, code {code})")
+        self.status = status
+        self.code = code
+        self.description = description

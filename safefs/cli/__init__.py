@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from safefs import malloc
-    from safefs.client import GatewayError
+    from safefs.errors import GatewayError
     from safefs.sdnotify import stderr_is_journal
 
     malloc.tune()

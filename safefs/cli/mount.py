@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -188,22 +189,25 @@ def _mount_of(path: str | None) -> Path:
 
 def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     """Ask the daemon for a flush and wait for it, with progress; returns the final status."""
-    import pyfuse3
-
+    from safefs import osutil
     from safefs.fs.ctrl import read_status, request_flush
 
-    pyfuse3.syncfs(str(mountpoint))  # the kernel writes its cached pages back to the daemon
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        osutil.syncfs(fd)  # the kernel writes its cached pages back to the daemon
+    finally:
+        os.close(fd)
     start = read_status(mountpoint)
     target = request_flush(mountpoint, pull)
     with progress_bar(start["pending_bytes"], label) as progress:
         done = start["uploaded_bytes"]
-        while True:
+        for attempt in itertools.count():
             status = read_status(mountpoint)
             progress(status["uploaded_bytes"] - done)
             done = status["uploaded_bytes"]
             if max(status["flush_done"], status["flush_failed"]) >= target:
                 return status
-            time.sleep(0.2)
+            time.sleep(min(0.2, 0.005 * 2**attempt))  # quick when there is little to do
 
 
 def _umount(args: argparse.Namespace) -> None:

@@ -22,7 +22,6 @@ sections, so after every ``await`` the state is read again before it is used.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from safefs import osutil
 from safefs.fs import run_all
 from safefs.fs.dirrecord import Ref
 from safefs.fs.meta import BLOCK_SIZE, SMALL_FILE_MAX, Inode, Metadata, NoSuchEntry, blocks_in
@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 #: Fetches ``[start, end)`` of uploaded content given (data_ref, data).
 Fetch = Callable[[int, bytes, int, int], Awaitable[bytes]]
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
 #: Open cache-file descriptors kept for reuse.
 MAX_OPEN_FILES = 128
@@ -56,12 +52,6 @@ READ_AHEAD_BLOCKS = 8
 FETCH_CONNECTIONS = 4
 #: The smallest cache worth mounting with: a few blocks per concurrent reader.
 MIN_CACHE_SIZE = 64 * BLOCK_SIZE
-
-
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
 
 
 class FileCache:
@@ -401,7 +391,7 @@ class FileCache:
             self._lru_by_inode.get(inode, set()).discard(block)
             fd = self._fd(inode)
             try:
-                punch_hole(fd, block * BLOCK_SIZE, BLOCK_SIZE)
+                osutil.punch_hole(fd, block * BLOCK_SIZE, BLOCK_SIZE)
             except OSError as exc:
                 if exc.errno != errno.EOPNOTSUPP:
                     raise

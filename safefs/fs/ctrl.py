@@ -18,10 +18,12 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
+from safefs.errors import GatewayError
 
-from safefs.client import GatewayError
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ class Control:
         self.flush_failed = 0
         self.flush_error = ""
         self._pull = False
-        self._wake = trio.Event()
+        import trio  # here, not at the top: the client side (``safefs sync``) starts faster
+
+        self._new_event = trio.Event
+        self._wake: trio.Event = trio.Event()
 
     def request_flush(self, pull: bool) -> None:
         self.flush_requested += 1
@@ -58,7 +63,7 @@ class Control:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake = trio.Event()
+            self._wake = self._new_event()
             while max(self.flush_done, self.flush_failed) < self.flush_requested:
                 covered, pull, self._pull = self.flush_requested, self._pull, False
                 try:

@@ -17,7 +17,6 @@ processes that use it, which network filesystems do not provide.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import logging
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from safefs import osutil
 
 from .base import (
     ChunkNotFound,
@@ -499,23 +500,15 @@ class GroupCommit:
                 self._covered = max(self._covered, upto)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syncfs = getattr(_libc, "syncfs", None)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-SYNC_FILE_RANGE_WRITE = 2
 
 
 def _sync_files(directory: str, files: list[str], directories: list[str] = ()) -> None:
     """Make ``files`` and ``directories`` durable: one ``syncfs`` of the file system that holds
     ``directory`` where the system has it, else an fsync of each."""
-    if _syncfs is not None:
+    if osutil.HAVE_SYNCFS:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code))
+            osutil.syncfs(fd)
         finally:
             os.close(fd)
         return
@@ -541,10 +534,9 @@ def _write_new(path: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        if _sync_file_range is not None:
-            # Start writing it out now, so that the next flush finds little left to write
-            # (a large upload would otherwise leave it all to the flush at its close).
-            _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+        # Start writing it out now, so that the next flush finds little left to write (a large
+        # upload would otherwise leave it all to the flush at its close).
+        osutil.start_writeback(fd)
     except BaseException:
         _remove_quietly(path)
         raise

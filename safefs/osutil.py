@@ -1,0 +1,45 @@
+"""Linux system calls the ``os`` module lacks, through ctypes (a few lines, no dependency).
+
+Each is None where the C library does not have it; callers fall back on something portable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_syncfs = getattr(_libc, "syncfs", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+HAVE_SYNCFS = _syncfs is not None
+
+
+def syncfs(fd: int) -> None:
+    """Write out everything of the file system that holds ``fd`` and wait (``syncfs(2)``)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    if _syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing the file's dirty pages out, without waiting (a hint; no-op elsewhere)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``length`` bytes of the file at ``offset`` (they read as zeros; the size stays)."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
