@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from safefs.fs.dirrecord import Attrs, DirRecord, Entry, Kind, RecordFormatError, Ref
+from safefs.fs.dirrecord import (
+    Attrs,
+    DirRecord,
+    Entry,
+    Kind,
+    RecordFormatError,
+    Ref,
+    packed_ref,
+    unpack_ref,
+)
 
 names = st.binary(min_size=1, max_size=40).filter(
     lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
@@ -28,6 +37,12 @@ def entries(draw: st.DrawFn) -> Entry:
         content = draw(st.binary(max_size=100))
         return Entry(Kind.FILE, draw(modes), draw(times), draw(times), len(content), content,
                      Ref.INLINE, draw(xattrs))
+    if draw(st.booleans()):
+        return Entry(Kind.FILE, draw(modes), draw(times), draw(times),
+                     draw(st.integers(min_value=0, max_value=2**63)),
+                     packed_ref(draw(st.integers(min_value=0, max_value=2**64 - 1)),
+                                draw(st.binary(min_size=1, max_size=80))),
+                     Ref.PACKED, draw(xattrs))
     return Entry(Kind.FILE, draw(modes), draw(times), draw(times),
                  draw(st.integers(min_value=0, max_value=2**63)), draw(st.binary(max_size=80)),
                  Ref.DATA_ID, draw(xattrs))
@@ -87,6 +102,9 @@ def test_unsorted_and_bad_names_rejected() -> None:
 def test_entry_invariants() -> None:
     with pytest.raises(ValueError):
         Entry(Kind.FILE, 0o644, 0, 0, 3, b"hi")  # inline size mismatch
+    with pytest.raises(ValueError):
+        Entry(Kind.FILE, 0o644, 0, 0, 3, bytes(8), Ref.PACKED)  # an offset but no pack
+    assert unpack_ref(packed_ref(7, b"pack id")) == (7, b"pack id")
     with pytest.raises(ValueError):
         Entry(Kind.DIR, 0o755, 0, 0, 0, b"short")
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from safefs.fs import INLINE_BUDGET, INLINE_MAX
+from safefs.fs.sync import PACK_FILE_MAX
 from tests import fs_helpers
 from tests.fs_helpers import Mount, make_file, sha256_file
 
@@ -193,7 +194,7 @@ def test_readdir_of_many_entries_is_complete_and_stable(mounted: Mount) -> None:
 
 def test_xattr_rules(mounted: Mount) -> None:
     path = mounted.path / "f"
-    path.write_bytes(b"x" * (INLINE_MAX + 1))  # not inline: it gets a DataIdentifier
+    path.write_bytes(b"x" * (PACK_FILE_MAX + 1))  # neither inline nor packed: a DataIdentifier
     os.setxattr(path, "user.colour", b"blue")
     os.setxattr(path, "user.empty", b"")
     os.setxattr(mounted.path, "user.root", b"r")
@@ -232,27 +233,31 @@ def test_xattr_rules(mounted: Mount) -> None:
 
 
 def test_small_files_travel_inline(mounted: Mount) -> None:
+    """Tiny files travel in their directory's record, small ones in packs, large ones alone."""
     (mounted.path / "tiny").write_bytes(b"small")
-    (mounted.path / "large").write_bytes(b"L" * (INLINE_MAX + 1))
+    (mounted.path / "small").write_bytes(b"S" * (INLINE_MAX + 1))
+    (mounted.path / "large").write_bytes(b"L" * (PACK_FILE_MAX + 1))
     budget = mounted.path / "budget"
     budget.mkdir()
     for i in range(INLINE_BUDGET // INLINE_MAX + 3):
         (budget / f"f{i}").write_bytes(bytes([i]) * INLINE_MAX)
     assert mounted.sync().returncode == 0
-    with pytest.raises(OSError):  # no DataIdentifier: the content is in the directory record
-        os.getxattr(mounted.path / "tiny", "user.safe.id")
+    for name, storage in (("tiny", b"inline"), ("small", b"packed"), ("large", b"immutable")):
+        assert os.getxattr(mounted.path / name, "user.safe.storage") == storage
+        if storage != b"immutable":  # no DataIdentifier of its own
+            with pytest.raises(OSError):
+                os.getxattr(mounted.path / name, "user.safe.id")
     assert os.getxattr(mounted.path / "large", "user.safe.id")
-    # one directory's record carries at most INLINE_BUDGET of content
-    inline = [name for name in os.listdir(budget) if not _has_id(budget / name)]
+    assert (mounted.path / "small").read_bytes() == b"S" * (INLINE_MAX + 1)
+    # one directory's record carries at most INLINE_BUDGET of content; the rest is packed
+    storage = {name: os.getxattr(budget / name, "user.safe.storage")
+               for name in os.listdir(budget)}
+    inline = [name for name, kind in storage.items() if kind == b"inline"]
     assert 0 < sum((budget / name).stat().st_size for name in inline) <= INLINE_BUDGET
-    assert len(inline) < len(os.listdir(budget))
-
-
-def _has_id(path: Path) -> bool:
-    try:
-        return bool(os.getxattr(path, "user.safe.id"))
-    except OSError:
-        return False
+    assert set(storage.values()) == {b"inline", b"packed"}
+    _remount_cold(mounted)
+    for i in range(INLINE_BUDGET // INLINE_MAX + 3):
+        assert (budget / f"f{i}").read_bytes() == bytes([i]) * INLINE_MAX
 
 
 def test_status_and_sync_commands(mounted: Mount) -> None:

@@ -14,10 +14,10 @@ import trio
 from safefs.client import GatewayClient
 from safefs.fs import INLINE_MAX
 from safefs.fs.cache import FileCache
-from safefs.fs.dirrecord import Ref
+from safefs.fs.dirrecord import Ref, unpack_ref
 from safefs.fs.meta import ROOT_INODE, Metadata
 from safefs.fs.remote import Remote
-from safefs.fs.sync import FileChanged, SyncTask
+from safefs.fs.sync import PACK_FILE_MAX, FileChanged, SyncTask
 from tests.conftest import GatewayProcess
 
 FILE = stat.S_IFREG | 0o644
@@ -65,20 +65,31 @@ async def device(gateway: GatewayProcess, path: Path) -> AsyncIterator[Device]:
 
 
 async def test_upload_publish_and_read_back(gateway: GatewayProcess, tmp_path: Path) -> None:
-    big = os.urandom(INLINE_MAX + 1)
+    """Tiny files travel inline, small ones in one pack, large ones each as ImmutableData."""
+    big = os.urandom(PACK_FILE_MAX + 1)
+    small = [os.urandom(INLINE_MAX + 1 + n) for n in range(3)]
     async with device(gateway, tmp_path / "a") as first:
         sub = first.meta.create(ROOT_INODE, b"sub", DIR, 0, 0).id
         await first.write(sub, b"big", big)
+        for n, content in enumerate(small):
+            await first.write(sub, b"small%d" % n, content)
         await first.write(ROOT_INODE, b"tiny", b"tiny")
         await first.sync.flush()
         assert await first.remote_names(ROOT_INODE) == {b"sub", b"tiny"}
         assert first.meta.get(first.meta.lookup(sub, b"big")).data_ref == Ref.DATA_ID
         assert first.meta.get(first.meta.lookup(ROOT_INODE, b"tiny")).data_ref == Ref.INLINE
+        packed = [first.meta.get(first.meta.lookup(sub, b"small%d" % n)) for n in range(3)]
+        assert {ino.data_ref for ino in packed} == {Ref.PACKED}
+        assert len({unpack_ref(ino.data)[1] for ino in packed}) == 1  # one pack for the three
     async with device(gateway, tmp_path / "b") as second:
         sub = second.meta.lookup(ROOT_INODE, b"sub")
         await second.sync.ensure_loaded(sub)
         big_inode = second.meta.lookup(sub, b"big")
         assert await second.cache.read(big_inode, 0, len(big) + 1) == big
+        for n, content in enumerate(small):
+            inode = second.meta.lookup(sub, b"small%d" % n)
+            assert await second.cache.read(inode, 0, len(content) + 1) == content
+            assert await second.cache.read(inode, 5, 10) == content[5:15]
 
 
 async def test_a_file_changed_during_its_upload_stays_dirty(gateway: GatewayProcess,

@@ -129,7 +129,7 @@ class FileCache:
         """Whether the file's content is in the database rather than a cache file: small, no
         cache file, and nothing to fetch from an ImmutableData upload."""
         return ino.size <= SMALL_FILE_MAX and ino.id not in self._allocated and (
-            ino.data_ref != Ref.DATA_ID or ino.fetch_limit == 0)
+            ino.data_ref not in (Ref.DATA_ID, Ref.PACKED) or ino.fetch_limit == 0)
 
     def _small_content(self, ino: Inode) -> bytes:
         content = self.meta.small_content(ino.id)

@@ -20,7 +20,9 @@ directory republishes the directory alone, not its parents) and their records ca
 ``mode`` holds the permission bits (``0o7777``), never the file type, which ``kind`` gives:
 
 - kind 1, file: ``ref`` 0 = ``data`` is the content itself (tiny files; ``len(data) == size``),
-  ``ref`` 1 = ``data`` is the serialised DataIdentifier of the content (ImmutableData).
+  ``ref`` 1 = ``data`` is the serialised DataIdentifier of the content (ImmutableData),
+  ``ref`` 2 = ``data`` is ``u64:offset`` and the serialised DataIdentifier of a *pack*, an
+  ImmutableData holding several files' contents: this one is bytes ``[offset, offset + size)``.
 - kind 2, directory: ``data`` is the 32-byte name of the child's record; size 0, ref 0.
 - kind 3, symlink: ``data`` is the target, ``size == len(data)``, mode 0o777, ref 0, no xattrs.
 
@@ -55,6 +57,20 @@ class Kind(enum.IntEnum):
 class Ref(enum.IntEnum):
     INLINE = 0
     DATA_ID = 1
+    PACKED = 2
+
+
+PACK_OFFSET = struct.Struct(">Q")
+
+
+def packed_ref(offset: int, data_id: bytes) -> bytes:
+    """``data`` of a file stored at ``offset`` of the pack ``data_id`` (``Ref.PACKED``)."""
+    return PACK_OFFSET.pack(offset) + data_id
+
+
+def unpack_ref(data: bytes) -> tuple[int, bytes]:
+    """(offset, serialised DataIdentifier of the pack) of ``Ref.PACKED`` data."""
+    return PACK_OFFSET.unpack_from(data)[0], data[PACK_OFFSET.size:]
 
 
 XAttrs = tuple[tuple[bytes, bytes], ...]
@@ -147,6 +163,8 @@ def _check_entry(entry: Entry) -> None:
     if entry.kind == Kind.FILE:
         if entry.ref == Ref.INLINE and len(entry.data) != entry.size:
             raise ValueError("inline content does not match the size")
+        if entry.ref == Ref.PACKED and len(entry.data) <= PACK_OFFSET.size:
+            raise ValueError("a packed file needs an offset and a pack")
     elif entry.kind == Kind.DIR:
         if len(entry.data) != CHILD_NAME_LEN or entry.size or entry.ref != Ref.INLINE:
             raise ValueError("a directory entry holds a 32-byte child record name only")

@@ -77,8 +77,9 @@ def create_tables(db: sqlite3.Connection) -> None:
                                                    -- the file is dirty iff generation != synced_gen
         data_ref      INTEGER,  -- dirrecord.Ref of the last upload; NULL: nothing uploaded yet
                                 -- (the entry is not publishable)
-        data          BLOB,     -- that upload: the content itself (Ref.INLINE) or the serialised
-                                -- DataIdentifier of the ImmutableData (Ref.DATA_ID)
+        data          BLOB,     -- that upload: the content itself (Ref.INLINE), the serialised
+                                -- DataIdentifier of the ImmutableData (Ref.DATA_ID), or the
+                                -- offset in a pack and the pack's (Ref.PACKED; dirrecord.py)
         data_size     INTEGER,  -- its size
         data_mtime_ns INTEGER,  -- the file's mtime when that content was snapshotted
         fetch_limit   INTEGER NOT NULL DEFAULT 0,  -- cache blocks below this offset that are not

@@ -510,8 +510,8 @@ class Operations(pyfuse3.Operations):
         return value
 
     def _virtual_xattr(self, ino: Inode, key: bytes) -> bytes | None:
-        """``user.safe.id``, ``.version`` and ``.state``: read-only, computed, never listed
-        (copying tools would carry them to other files)."""
+        """``user.safe.id``, ``.version``, ``.state`` and ``.storage``: read-only, computed, never
+        listed (copying tools would carry them to other files)."""
         from safefs.model import DataIdentifier
 
         holder = self.meta.get(self._parent(ino.id)) if ino.id != ROOT_INODE else ino
@@ -522,7 +522,7 @@ class Operations(pyfuse3.Operations):
                                         .serialise())
             if ino.data_ref == Ref.DATA_ID and ino.data is not None:
                 return base64.b64encode(ino.data)
-            return None  # not uploaded yet, or inline in its directory's record
+            return None  # not uploaded yet, inline in its directory's record, or in a pack
         if key == b"version":
             version = (ino if ino.is_dir else holder).dir_version
             return None if version is None else str(version).encode()
@@ -533,6 +533,8 @@ class Operations(pyfuse3.Operations):
                        or holder.dir_gen != holder.dir_pub_gen
                        or ino.dir_gen != ino.dir_pub_gen)
             return b"pending" if pending else b"synced"
+        if key == b"storage" and ino.is_file and ino.data_ref is not None:
+            return _STORAGE[Ref(ino.data_ref)]  # where the last uploaded content lives
         return None
 
     def _parent(self, inode: int) -> int:
@@ -565,6 +567,9 @@ class Operations(pyfuse3.Operations):
         for inode in list(self.lookups):
             del self.lookups[inode]
             self._release_inode(inode)
+
+
+_STORAGE = {Ref.INLINE: b"inline", Ref.DATA_ID: b"immutable", Ref.PACKED: b"packed"}
 
 
 def _check_user_xattr(name: bytes) -> None:

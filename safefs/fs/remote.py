@@ -19,7 +19,7 @@ import trio
 
 from safefs.client import GatewayClient, GatewayUnavailable, Reader, Unauthorized
 from safefs.fs import APP_INFO, CPU_THREADS, DIR_TAG, ROOT_CONTEXT
-from safefs.fs.dirrecord import DirRecord, Ref
+from safefs.fs.dirrecord import DirRecord, Ref, unpack_ref
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,11 @@ class Remote:
         """Bytes ``[start, end)`` of uploaded content (inline content is its own source)."""
         if ref == Ref.INLINE:
             return data[start:end]
+        offset = 0
+        if ref == Ref.PACKED:
+            offset, data = unpack_ref(data)
         reader = await self._reader(data)
-        return await self._call(reader.read, start, end)
+        return await self._call(reader.read, offset + start, offset + end)
 
     async def _reader(self, data_id: bytes) -> Reader:
         lock = self._opening.setdefault(data_id, trio.Lock())
