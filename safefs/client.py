@@ -19,6 +19,7 @@ import base64
 import logging
 import os
 import random
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,9 @@ T = TypeVar("T")
 SEGMENT_SIZE = 4 * 1024 * 1024
 
 Progress = Callable[[int], None] | None
+
+#: StructuredData handles kept for the next update of the same record.
+KEPT_SD_HANDLES = 32
 
 _CONFLICT_CODES = (errors.DATA_EXISTS, errors.INVALID_SUCCESSOR)
 _STALE_HANDLE_CODES = (errors.INVALID_SE_HANDLE, errors.INVALID_DATA_ID_HANDLE)
@@ -93,6 +97,8 @@ class GatewayClient:
         self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._cipher_handles: dict[str, int] = {}  # cipher-opts kind -> handle, reused
+        # (name, tag) -> (handle, version) of records this client stored last, reused
+        self._sd_handles: OrderedDict[tuple[bytes, int], tuple[int, int]] = OrderedDict()
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -101,6 +107,10 @@ class GatewayClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        while self._sd_handles:
+            handle, _ = self._sd_handles.popitem()[1]
+            with trio.move_on_after(1):
+                await self._drop(f"/structured-data/handle/{handle}")
         await self._http.aclose()
 
     # -- transport ------------------------------------------------------------------------
@@ -186,6 +196,7 @@ class GatewayClient:
                                headers=headers, timeout=httpx.Timeout(self._timeout, read=None))
         self.token = body["token"]
         self._cipher_handles.clear()  # handles belong to the session of the previous token
+        self._sd_handles.clear()
         return self.token
 
     async def token_valid(self) -> bool:
@@ -200,6 +211,7 @@ class GatewayClient:
         await self.request("DELETE", "/auth")
         self.token = None
         self._cipher_handles.clear()
+        self._sd_handles.clear()
 
     # -- admin (needs admin_secret) -------------------------------------------------------
 
@@ -391,8 +403,10 @@ class GatewayClient:
         handle = await self._using_cipher(cipher, create)
         try:
             await self.request("PUT", f"/structured-data/{handle}")
-        finally:
+        except BaseException:
             await self._drop(f"/structured-data/handle/{handle}")
+            raise
+        await self._keep_sd_handle(name, tag, handle, version)
 
     async def sd_read(self, name: bytes, tag: int,
                       version: int | None = None) -> tuple[int, bytes]:
@@ -407,7 +421,25 @@ class GatewayClient:
 
     async def sd_update(self, name: bytes, tag: int, data: bytes, expected_version: int,
                         cipher: str = "PLAIN") -> int:
-        """Replace the data if the record is still at ``expected_version``; the new version."""
+        """Replace the data if the record is still at ``expected_version``; the new version.
+
+        The handle of a record this client stored last is kept: updating it again is a PATCH
+        and a POST (the POST's compare-and-swap still refuses a record that moved on)."""
+        kept = self._sd_handles.pop((name, tag), None)
+        if kept is not None:
+            handle, version = kept
+            if version == expected_version:
+                try:
+                    await self._patch_and_post(handle, data, cipher)
+                except GatewayError as exc:
+                    await self._drop(f"/structured-data/handle/{handle}")
+                    if exc.code != errors.INVALID_SD_HANDLE:  # else evicted: fetch it again
+                        raise
+                else:
+                    await self._keep_sd_handle(name, tag, handle, expected_version + 1)
+                    return expected_version + 1
+            else:
+                await self._drop(f"/structured-data/handle/{handle}")
         info = await self._sd_handle(name, tag)
         handle = info["handleId"]
         try:
@@ -415,17 +447,29 @@ class GatewayClient:
                 raise Conflict(400, errors.INVALID_SUCCESSOR,
                                f"record is at version {info['version']}, "
                                f"not {expected_version}")
-            async def patch(cipher_handle: int | None) -> None:
-                body: dict[str, Any] = {"data": _b64(data)}
-                if cipher_handle is not None:
-                    body["cipherOpts"] = cipher_handle
-                await self.request("PATCH", f"/structured-data/{handle}", json=body)
-
-            await self._using_cipher(cipher, patch)
-            await self.request("POST", f"/structured-data/{handle}")
-            return expected_version + 1
-        finally:
+            await self._patch_and_post(handle, data, cipher)
+        except BaseException:
             await self._drop(f"/structured-data/handle/{handle}")
+            raise
+        await self._keep_sd_handle(name, tag, handle, expected_version + 1)
+        return expected_version + 1
+
+    async def _patch_and_post(self, handle: int, data: bytes, cipher: str) -> None:
+        async def patch(cipher_handle: int | None) -> None:
+            body: dict[str, Any] = {"data": _b64(data)}
+            if cipher_handle is not None:
+                body["cipherOpts"] = cipher_handle
+            await self.request("PATCH", f"/structured-data/{handle}", json=body)
+
+        await self._using_cipher(cipher, patch)
+        await self.request("POST", f"/structured-data/{handle}")
+
+    async def _keep_sd_handle(self, name: bytes, tag: int, handle: int, version: int) -> None:
+        """Keep the handle of a record just stored (``version``), dropping the oldest kept."""
+        self._sd_handles[(name, tag)] = (handle, version)
+        while len(self._sd_handles) > KEPT_SD_HANDLES:
+            (_, (oldest, _)) = self._sd_handles.popitem(last=False)
+            await self._drop(f"/structured-data/handle/{oldest}")
 
     async def sd_info(self, name: bytes, tag: int) -> dict:
         """``{"version", "dataVersionLength", "isOwner"}`` (``dataVersionLength``: tag 501)."""

@@ -498,13 +498,14 @@ class Operations(pyfuse3.Operations):
             if name != STATUS_XATTR:
                 raise FUSEError(pyfuse3.ENOATTR)
             return self.control.status()
-        ino = self.meta.get(inode)
-        if name.startswith(SAFE_XATTR_PREFIX):
-            value = self._virtual_xattr(ino, name[len(SAFE_XATTR_PREFIX):])
-        elif name.startswith(b"user."):
-            value = self.meta.xattr(inode, name)
-        else:
+        if not name.startswith(b"user."):
+            # Mostly security.capability, which the kernel asks for before every write(2) on
+            # a FUSE file system: answered before any lookup.
             raise FUSEError(errno.ENOTSUP)
+        if name.startswith(SAFE_XATTR_PREFIX):
+            value = self._virtual_xattr(self.meta.get(inode), name[len(SAFE_XATTR_PREFIX):])
+        else:
+            value = self.meta.xattr(inode, name)
         if value is None:
             raise FUSEError(pyfuse3.ENOATTR)
         return value

@@ -84,13 +84,15 @@ class SyncTask:
     :uploaded_bytes: bytes sent so far (progress of ``safefs sync``)."""
 
     def __init__(self, meta: Metadata, cache: FileCache, remote: Remote, *,
-                 upload_delay: float = 2.0, dir_delay: float = 1.0,
+                 upload_delay: float = 2.0, dir_delay: float | None = None,
                  poll_interval: float = 15.0) -> None:
         self.meta = meta
         self.cache = cache
         self.remote = remote
         self.upload_delay = upload_delay
-        self.dir_delay = dir_delay
+        # As long as the uploads' by default: a directory whose files were just written is
+        # published once, after they are uploaded, not once before and once after.
+        self.dir_delay = upload_delay if dir_delay is None else dir_delay
         self.poll_interval = poll_interval
         self.on_remote_change: RemoteChangeHook = lambda directory, names, inodes: None
         self.last_sync = 0.0
@@ -128,12 +130,19 @@ class SyncTask:
         if self._writers[inode] <= 0:
             del self._writers[inode]
             self._fsynced.pop(inode, None)
-        self.wake()
+            self._due_at(inode)
 
     def fsynced(self, inode: int) -> None:
         """The file was fsynced: it may go up once idle even while it stays open."""
         self._fsynced[inode] = self.meta.file_changes.get(inode, 0.0)
-        self.wake()
+        self._due_at(inode)
+
+    def _due_at(self, inode: int) -> None:
+        """The file may be uploaded once idle: wake the loop if it would sleep past that (not
+        on every close: each wake scans every pending file)."""
+        changed = self.meta.file_changes.get(inode)
+        if changed is not None and changed + self.upload_delay < self._asleep_until:
+            self.wake()
 
     # -- the loop -------------------------------------------------------------------------------
 
