@@ -264,6 +264,7 @@ class SyncTask:
         sizes = {inode: self.meta.get(inode).size for inode in files}
         large = [inode for inode in files if sizes[inode] > PACK_FILE_MAX]
         await run_all(upload, large, UPLOAD_CONNECTIONS)
+        self.meta.commit()  # what the gateway now holds is not forgotten after a kill -9
         batches: list[list[int]] = [[]]
         batch_size = 0
         for inode in sorted(set(files) - set(large)):
@@ -277,6 +278,7 @@ class SyncTask:
             if items:
                 await self._upload_pack(items)
                 items.clear()
+            self.meta.commit()
 
     async def upload(self, inode: int, packable: bool = False) -> PackItem | None:
         """Upload a file's current content (if it does not change meanwhile). With
@@ -383,6 +385,7 @@ class SyncTask:
                 await self.merge_remote(directory)
                 continue
             self.meta.mark_published(directory, generation, version, encoded, moved_upto)
+            self.meta.commit()  # the version we published is our base, even after a kill -9
             log.debug("published %r version %d", self.meta.path_of(directory), version)
             return
 
