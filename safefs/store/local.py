@@ -181,7 +181,7 @@ class LocalStore(Store):
     def _write_format(self) -> None:
         temp = self._temp_path(FORMAT_FILE)
         try:
-            _write_synced(temp, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode())
+            _write_new(temp, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode(), synced=True)
             os.replace(temp, self.root / FORMAT_FILE)
             _fsync_dir(str(self.root))
         finally:
@@ -527,31 +527,22 @@ def _read(path: str) -> bytes:
         return file.read()
 
 
-def _write_new(path: str, data: bytes) -> None:
-    """Create ``path`` (which must not exist) holding ``data`` (not synced)."""
+def _write_new(path: str, data: bytes, synced: bool = False) -> None:
+    """Create ``path`` (which must not exist) holding ``data``; flushed to disk if ``synced``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        # Start writing it out now, so that the next flush finds little left to write (a large
-        # upload would otherwise leave it all to the flush at its close).
-        osutil.start_writeback(fd)
+        if synced:
+            os.fsync(fd)
+        else:
+            # Start writing it out now, so that the next flush finds little left to write (a
+            # large upload would otherwise leave it all to the flush at its close).
+            osutil.start_writeback(fd)
     except BaseException:
         _remove_quietly(path)
         raise
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: str, data: bytes) -> None:
-    """Create ``path`` (which must not exist) holding ``data``, flushed to disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
