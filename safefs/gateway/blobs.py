@@ -79,12 +79,14 @@ class ChunkCache:
         return self._size
 
 
-def _store_root(store: Store, envelope: bytes, opts: CipherOpts) -> XorName:
-    """Store the root chunk; every chunk of the data is durable when its name is returned."""
+def _store_root(store: Store, envelope: bytes, opts: CipherOpts, flush: bool = True) -> XorName:
+    """Store the root chunk; with ``flush`` every chunk of the data is durable when its name is
+    returned (without: the caller only puts the name in a record, whose write flushes)."""
     root = model.encrypt(opts, envelope)
     name = blake3.blake3(root).digest()
     store.put_chunk(name, root)
-    store.flush()
+    if flush:
+        store.flush()
     return XorName(name)
 
 
@@ -199,12 +201,14 @@ class Spool:
 
 
 def store_bytes(store: Store, data: bytes, opts: CipherOpts,
-                settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS) -> XorName:
-    """Self-encrypt in-memory ``data`` into the store; the ImmutableData's name."""
+                settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS, *,
+                flush: bool = True) -> XorName:
+    """Self-encrypt in-memory ``data`` into the store; the ImmutableData's name (durable unless
+    ``flush`` is False: for a name that only a record will carry, see :func:`_store_root`)."""
     if len(data) < selfenc.MIN_ENCRYPTABLE_BYTES:
-        return _store_root(store, bytes([_INLINE]) + data, opts)
+        return _store_root(store, bytes([_INLINE]) + data, opts, flush)
     datamap = selfenc.encrypt_stream(len(data), io.BytesIO(data).read, store.put_chunk, settings)
-    return _store_root(store, bytes([_DATAMAP]) + datamap.to_bytes(), opts)
+    return _store_root(store, bytes([_DATAMAP]) + datamap.to_bytes(), opts, flush)
 
 
 class Blob:

@@ -123,20 +123,23 @@ def with_content(store: Store, record: StructuredData, content: bytes,
                  opts: CipherOpts) -> StructuredData:
     """``record`` carrying ``content`` (for 501: as a new newest version), unsigned.
 
-    ImmutableData (large 500 content, 501 versions, full VersionsInfo pages) is stored at once.
+    ImmutableData (large 500 content, 501 versions, full VersionsInfo pages) is stored at once,
+    not flushed: only the record names it, and a record write flushes the store first.
     """
     if record.type_tag == TAG_VERSIONED:
         info = _versions(record)
         if info.is_full:
-            info = info.next_page(blobs.store_bytes(store, info.serialise(), CipherOpts.plain()))
-        info = info.appended(blobs.store_bytes(store, content, opts))
+            info = info.next_page(blobs.store_bytes(store, info.serialise(), CipherOpts.plain(),
+                                                    flush=False))
+        info = info.appended(blobs.store_bytes(store, content, opts, flush=False))
         data = _encode_content(Content.VERSIONS, info.serialise())
     elif record.type_tag == TAG_UNVERSIONED:
         data = None
         if len(content) < MAX_STRUCTURED_DATA_SIZE:  # else it cannot fit: skip the encryption
             data = _encode_content(Content.INLINE, model.encrypt(opts, content))
         if data is None or replace(record, data=data).signed_size() > MAX_STRUCTURED_DATA_SIZE:
-            data = _encode_content(Content.IMMUTABLE, blobs.store_bytes(store, content, opts))
+            data = _encode_content(Content.IMMUTABLE,
+                                   blobs.store_bytes(store, content, opts, flush=False))
     else:
         data = model.encrypt(opts, content)
     return replace(record, data=data, signature=None)
@@ -338,7 +341,9 @@ async def data_id(call: Call) -> dict:
 
 @routes.get("/structured-data/serialise/{handle}")
 async def serialise(call: Call) -> bytes:
-    return call.get(Kind.STRUCTURED).serialise()
+    record = call.get(Kind.STRUCTURED)
+    await call.gateway.run_sync(call.gateway.store.flush)  # the app holds the names from now on
+    return record.serialise()
 
 
 @routes.get("/structured-data/validate-size/{handle}")
