@@ -146,21 +146,6 @@ def test_local_changes_below_a_directory_are_seen(meta: Metadata) -> None:
     assert state is not None and state.changed
 
 
-def test_what_the_sync_changes_restarts_no_idle_clock(meta: Metadata) -> None:
-    """An upload or a first publish makes the parent pending at once (due now), unless the
-    parent waits for local changes of its own, whose idle clock it keeps."""
-    d = meta.create(ROOT_INODE, b"d", DIR, 0, 0)
-    f = meta.create(d.id, b"f", FILE, 0, 0)
-    created = meta.dir_changes[ROOT_INODE]
-    publish(meta, d.id)  # first publish: the root may name d now ...
-    assert meta.dir_changes[ROOT_INODE] == created  # ... on the clock of its own change
-    assert d.id not in meta.dir_changes
-    upload(meta, f.id, b"")
-    assert meta.dir_changes[d.id] == 0.0  # due at once
-    meta.create(d.id, b"g", FILE, 0, 0)
-    assert meta.dir_changes[d.id] > 0  # a local change starts the clock
-
-
 def test_pending_dirs_deepest_first(meta: Metadata) -> None:
     a = meta.create(ROOT_INODE, b"a", DIR, 0, 0)
     b = meta.create(a.id, b"b", DIR, 0, 0)

@@ -520,27 +520,21 @@ class Metadata:
         self._note_change(self.file_changes, inode)
         return bool(row[0])
 
-    def _entry_changed(self, inode: int, synced: bool = False) -> None:
+    def _entry_changed(self, inode: int) -> None:
         """The entry of ``inode`` changed: its parent's record (the root's own) must show it."""
         where = self.name_of(inode)
         if where is not None:
-            self._bump_dir(where[0], synced)
+            self._bump_dir(where[0])
         elif inode == ROOT_INODE:
-            self._bump_dir(ROOT_INODE, synced)
+            self._bump_dir(ROOT_INODE)
 
-    def _bump_dir(self, directory: int, synced: bool = False) -> None:
+    def _bump_dir(self, directory: int) -> None:
         self.db.execute("UPDATE inodes SET dir_gen=dir_gen+1 WHERE id=?", (directory,))
-        self._note_change(self.dir_changes, directory, synced)
+        self._note_change(self.dir_changes, directory)
 
-    def _note_change(self, changes: dict[int, float], inode: int, synced: bool = False) -> None:
-        """A change to sync after an idle delay from now; a change the sync made itself (an
-        upload or a publish the parent must show) restarts no clock: it is due at once unless
-        the directory waits for changes of its own anyway."""
+    def _note_change(self, changes: dict[int, float], inode: int) -> None:
         new = inode not in changes
-        if not synced:
-            changes[inode] = time.monotonic()
-        elif new:
-            changes[inode] = 0.0
+        changes[inode] = time.monotonic()
         if new:
             self.on_change()
 
@@ -615,7 +609,7 @@ class Metadata:
                 else:
                     assert ref == Ref.INLINE
                     self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
-                self._entry_changed(inode, synced=True)
+                self._entry_changed(inode)
         if updated:
             self.file_changes.pop(inode, None)
         return bool(updated)
@@ -740,11 +734,11 @@ class Metadata:
             for (src,) in self.db.execute(
                     "SELECT DISTINCT src FROM moved_out WHERE dst=? AND id<=?",
                     (directory, moved_upto)).fetchall():
-                self._bump_dir(src, synced=True)
+                self._bump_dir(src)
             self.db.execute("DELETE FROM moved_out WHERE dst=? AND id<=?",
                             (directory, moved_upto))
             if was_new:  # the parent may name it now
-                self._entry_changed(directory, synced=True)
+                self._entry_changed(directory)
         if self.get(directory).dir_gen == dir_gen:
             self.dir_changes.pop(directory, None)
 
