@@ -295,11 +295,12 @@ class GatewayClient:
                         progress(len(segment))
             if offset != size:
                 raise ValueError(f"the stream ended after {offset} of {size} bytes")
-            return await self._close_to_data_id(writer, cipher)
+            return await self.close_to_data_id(writer, cipher)
         finally:
             await self.drop_writer(writer)
 
-    async def _close_to_data_id(self, writer: int, cipher: str) -> bytes:
+    async def close_to_data_id(self, writer: int, cipher: str) -> bytes:
+        """Close a writer with ``cipher``; the serialised DataIdentifier of what it held."""
         data_id = await self._using_cipher(
             cipher, lambda handle: self.close_writer(writer, "PLAIN" if handle is None else handle))
         try:

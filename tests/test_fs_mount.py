@@ -8,14 +8,15 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from safefs.fs import INLINE_BUDGET, INLINE_MAX
-from safefs.fs.sync import PACK_FILE_MAX
+from safefs.fs.sync import PACK_FILE_MAX, STREAM_MIN
 from tests import fs_helpers
-from tests.fs_helpers import Mount, make_file, sha256_file
+from tests.fs_helpers import Mount, make_file, sha256_file, wait_for
 
 mount_factory, mounted = fs_helpers.mount_factory, fs_helpers.mounted  # the fixtures
 
@@ -283,3 +284,39 @@ def test_mount_errors_are_one_line(mounted: Mount, tmp_path: Path) -> None:
     assert not_mounted.returncode == 1 and "not a safefs mount" in not_mounted.stderr
     for result in (again, missing, not_mounted):
         assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_large_files_go_up_while_written(mounted: Mount) -> None:
+    """A file written in order from its start streams to the gateway while it is still open;
+    one rewritten or truncated below what went up falls back to the usual upload."""
+    size = STREAM_MIN + 8 * MiB
+    contents = {name: os.urandom(size) for name in ("streamed", "rewritten", "truncated")}
+    files = {name: open(mounted.path / name, "wb") for name in contents}  # noqa: SIM115
+    try:
+        for name, file in files.items():
+            file.write(contents[name])
+            file.flush()
+            os.fsync(file.fileno())  # the kernel hands the pages to the daemon now
+        wait_for(lambda: mounted.status()["uploaded_bytes"] >= 3 * STREAM_MIN,
+                 "the open files to stream")
+        time.sleep(1)  # well past the upload delay: fsynced files would have gone up by now
+        assert mounted.status()["pending_files"] == 3  # streams finish when files close
+        assert os.getxattr(mounted.path / "streamed", "user.safe.state") == b"pending"
+        files["rewritten"].seek(100)
+        files["rewritten"].write(b"changed")
+        contents["rewritten"] = (contents["rewritten"][:100] + b"changed"
+                                 + contents["rewritten"][107:])
+        files["truncated"].truncate(MiB)
+        files["truncated"].seek(0, os.SEEK_END)
+        files["truncated"].write(b"tail")
+        contents["truncated"] = contents["truncated"][:MiB] + b"tail"
+    finally:
+        for file in files.values():
+            file.close()
+    assert mounted.sync().returncode == 0
+    for name in contents:
+        assert os.getxattr(mounted.path / name, "user.safe.state") == b"synced"
+        assert os.getxattr(mounted.path / name, "user.safe.storage") == b"immutable"
+    _remount_cold(mounted)
+    for name, content in contents.items():
+        assert (mounted.path / name).read_bytes() == content, name

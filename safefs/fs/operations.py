@@ -240,6 +240,7 @@ class Operations(pyfuse3.Operations):
             if not ino.is_file:
                 raise FUSEError(errno.EINVAL)
             self.cache.truncate(inode, attr.st_size)
+            self.sync.truncated(inode, attr.st_size)
         changes: dict[str, Any] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IFMT(ino.mode) | stat.S_IMODE(attr.st_mode)
@@ -391,6 +392,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC and ino.size:  # the kernel leaves O_TRUNC to us (atomic_o_trunc)
             self.cache.truncate(inode, 0)
+            self.sync.truncated(inode, 0)
         return self._open(inode, flags)
 
     @_guard
@@ -411,7 +413,10 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        return await self.cache.write(self.open_files[fh].inode, off, buf)
+        inode = self.open_files[fh].inode
+        written = await self.cache.write(inode, off, buf)
+        self.sync.wrote(inode, off, written)
+        return written
 
     @_guard
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:

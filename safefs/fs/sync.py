@@ -29,7 +29,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -55,6 +55,9 @@ UPLOAD_PIECE = 4 * 1024 * 1024
 #: files: six requests per pack instead of six per file) of up to ``PACK_MAX`` bytes.
 PACK_FILE_MAX = 1024 * 1024
 PACK_MAX = 8 * 1024 * 1024
+#: A file written from its start, in order, goes up while it is being written once it holds
+#: this much: a large copy is mostly uploaded by the time it is closed.
+STREAM_MIN = 4 * UPLOAD_PIECE
 MAX_BACKOFF = 30.0
 #: Directories whose version is checked per poll (4 requests each).
 POLL_BATCH = 16
@@ -66,6 +69,25 @@ RemoteChangeHook = Callable[[int, list[bytes], list[int]], None]
 
 class FileChanged(Exception):
     """The file changed while it was being uploaded: upload it again later."""
+
+
+@dataclass(slots=True)
+class Stream:
+    """A file uploaded while it is written (appended to from its start, in order).
+
+    :written: bytes written contiguously from offset 0 so far (what may be sent).
+    :sent: bytes appended to the gateway writer; ``reading`` the end of the piece being read.
+    :broken: a write landed below what was read, or the file was truncated below it: the
+        stream ends without effect and the file goes up the usual way.
+    """
+
+    inode: int
+    written: int = 0
+    sent: int = 0
+    reading: int = 0
+    broken: bool = False
+    started: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +128,9 @@ class SyncTask:
         self._wake = trio.Event()
         self._stopping = False
         self._loading: dict[int, trio.Event] = {}
+        self._streams: dict[int, Stream] = {}
+        self._nursery: trio.Nursery | None = None  # while run() runs: where streams go
+        self._streams_done = trio.Event()
         self._poll_cursor = 0
         self._next_poll = 0.0
         self._asleep_until = 0.0
@@ -130,12 +155,45 @@ class SyncTask:
         if self._writers[inode] <= 0:
             del self._writers[inode]
             self._fsynced.pop(inode, None)
+            stream = self._streams.get(inode)
+            if stream is not None:
+                if not stream.started:
+                    del self._streams[inode]  # too small to stream: the usual way
+                stream.changed.set()
             self._due_at(inode)
 
     def fsynced(self, inode: int) -> None:
         """The file was fsynced: it may go up once idle even while it stays open."""
         self._fsynced[inode] = self.meta.file_changes.get(inode, 0.0)
         self._due_at(inode)
+
+    def wrote(self, inode: int, offset: int, length: int) -> None:
+        """A write reached the cache: feed (or start, or break) the file's stream."""
+        stream = self._streams.get(inode)
+        if stream is None:
+            if offset != 0 or self._nursery is None or inode not in self._writers:
+                return
+            ino = self.meta.get(inode)
+            if ino.size != length or ino.fetch_limit:  # not a file being written afresh
+                return
+            stream = self._streams[inode] = Stream(inode)
+        if offset < max(stream.sent, stream.reading):
+            stream.broken = True
+        elif offset <= stream.written:
+            stream.written = max(stream.written, offset + length)
+        if not stream.started and stream.written >= STREAM_MIN and not stream.broken:
+            stream.started = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._stream, stream)
+        stream.changed.set()
+
+    def truncated(self, inode: int, size: int) -> None:
+        stream = self._streams.get(inode)
+        if stream is not None:
+            if size < max(stream.sent, stream.reading):
+                stream.broken = True
+            stream.written = min(stream.written, size)
+            stream.changed.set()
 
     def _due_at(self, inode: int) -> None:
         """The file may be uploaded once idle: wake the loop if it would sleep past that (not
@@ -147,7 +205,18 @@ class SyncTask:
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run cycles until :meth:`stop`."""
+        """Run cycles until :meth:`stop`; streams run meanwhile."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._run()
+            finally:
+                self._nursery = None
+                for stream in self._streams.values():
+                    stream.broken = True
+                    stream.changed.set()
+
+    async def _run(self) -> None:
         backoff = 0.0
         while not self._stopping:
             timeout = backoff or self._next_deadline()
@@ -201,10 +270,12 @@ class SyncTask:
         """Upload and publish everything now (and with ``pull`` merge the remote changes of
         every directory); returns once nothing is pending, raises GatewayError on failure."""
         async with self._lock:
+            await self._settle_streams()
             await self._cycle(force=True)
             if pull:
                 await self._poll(everything=True)
             while self.meta.file_changes or self.meta.dir_changes:
+                await self._settle_streams()  # (a file written meanwhile may stream)
                 await self._cycle(force=True)
 
     async def _cycle(self, force: bool) -> None:
@@ -236,6 +307,8 @@ class SyncTask:
         now = time.monotonic()
         due = []
         for inode, changed in list(changes.items()):
+            if inode in self._streams and self._streams[inode].started:
+                continue  # going up as it is written
             if not force and (now - changed < delay or self._busy(inode)):
                 continue
             if self.meta.needs_sync(inode):
@@ -346,6 +419,69 @@ class SyncTask:
         self._fsynced.pop(inode, None)
         self.cache.uploaded(inode)
         log.debug("uploaded %r (%d bytes)", self.meta.path_of(inode), size)
+
+    async def _settle_streams(self) -> None:
+        """Let the streams of closed files finish; end those of files still open (a flush
+        uploads those the usual way, as they are now)."""
+        for stream in self._streams.values():
+            if stream.inode in self._writers:
+                stream.broken = True
+                stream.changed.set()
+        while any(stream.started for stream in self._streams.values()):
+            await self._streams_done.wait()
+
+    async def _stream(self, stream: Stream) -> None:
+        """Upload a file while it is written; when it is closed, finish and record it."""
+        inode = stream.inode
+        try:
+            async with self._large_uploads:
+                writer = await self.remote.new_writer()
+                try:
+                    if await self._stream_pieces(stream, writer):
+                        ino = self.meta.get(inode)
+                        generation, size, mtime_ns = ino.generation, ino.size, ino.mtime_ns
+                        data = await self.remote.close_writer(writer)
+                        if not stream.broken:
+                            self._uploaded(inode, generation, Ref.DATA_ID, data, size,
+                                           mtime_ns)
+                            self.meta.commit()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self.remote.drop_writer(writer)
+        except (FileChanged, NoSuchEntry, GatewayError, OSError) as exc:
+            log.debug("streaming inode %d stopped (%s); it goes up the usual way", inode,
+                      exc or type(exc).__name__)
+        finally:
+            if self._streams.get(inode) is stream:
+                del self._streams[inode]
+            self._streams_done.set()
+            self._streams_done = trio.Event()
+            self.wake()
+
+    async def _stream_pieces(self, stream: Stream, writer: int) -> bool:
+        """Append what is written until the file is closed; True if all of it went."""
+        fd = self.cache.open_for_upload(stream.inode)
+        try:
+            while not stream.broken:
+                closed = stream.inode not in self._writers
+                end = min(stream.written, stream.sent + UPLOAD_PIECE)
+                if end - stream.sent == UPLOAD_PIECE or (closed and end > stream.sent):
+                    stream.reading = end
+                    piece = await trio.to_thread.run_sync(os.pread, fd, end - stream.sent,
+                                                          stream.sent)
+                    if stream.broken or len(piece) != end - stream.sent:
+                        return False
+                    await self.remote.append(writer, piece, stream.sent)
+                    stream.sent = end
+                    self.uploaded_bytes += len(piece)
+                elif closed:
+                    return stream.sent == stream.written == self.meta.get(stream.inode).size
+                else:
+                    await stream.changed.wait()
+                    stream.changed = trio.Event()
+            return False
+        finally:
+            os.close(fd)
 
     async def _pieces(self, fd: int, size: int) -> AsyncIterator[bytes]:
         offset = 0
