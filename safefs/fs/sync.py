@@ -434,20 +434,19 @@ class SyncTask:
         """Upload a file while it is written; when it is closed, finish and record it."""
         inode = stream.inode
         try:
-            async with self._large_uploads:
-                writer = await self.remote.new_writer()
-                try:
-                    if await self._stream_pieces(stream, writer):
-                        ino = self.meta.get(inode)
-                        generation, size, mtime_ns = ino.generation, ino.size, ino.mtime_ns
+            writer = await self.remote.new_writer()
+            try:
+                if await self._stream_pieces(stream, writer):
+                    ino = self.meta.get(inode)
+                    generation, size, mtime_ns = ino.generation, ino.size, ino.mtime_ns
+                    async with self._large_uploads:
                         data = await self.remote.close_writer(writer)
-                        if not stream.broken:
-                            self._uploaded(inode, generation, Ref.DATA_ID, data, size,
-                                           mtime_ns)
-                            self.meta.commit()
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await self.remote.drop_writer(writer)
+                    if not stream.broken:
+                        self._uploaded(inode, generation, Ref.DATA_ID, data, size, mtime_ns)
+                        self.meta.commit()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.remote.drop_writer(writer)
         except (FileChanged, NoSuchEntry, GatewayError, OSError) as exc:
             log.debug("streaming inode %d stopped (%s); it goes up the usual way", inode,
                       exc or type(exc).__name__)
@@ -466,12 +465,14 @@ class SyncTask:
                 closed = stream.inode not in self._writers
                 end = min(stream.written, stream.sent + UPLOAD_PIECE)
                 if end - stream.sent == UPLOAD_PIECE or (closed and end > stream.sent):
-                    stream.reading = end
-                    piece = await trio.to_thread.run_sync(os.pread, fd, end - stream.sent,
-                                                          stream.sent)
-                    if stream.broken or len(piece) != end - stream.sent:
-                        return False
-                    await self.remote.append(writer, piece, stream.sent)
+                    # The slot only while sending: a file kept open (a log) holds none.
+                    async with self._large_uploads:
+                        stream.reading = end
+                        piece = await trio.to_thread.run_sync(os.pread, fd, end - stream.sent,
+                                                              stream.sent)
+                        if stream.broken or len(piece) != end - stream.sent:
+                            return False
+                        await self.remote.append(writer, piece, stream.sent)
                     stream.sent = end
                     self.uploaded_bytes += len(piece)
                 elif closed:
