@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -129,6 +130,7 @@ class SyncTask:
         self._stopping = False
         self._loading: dict[int, trio.Event] = {}
         self._streams: dict[int, Stream] = {}
+        self._published_at: dict[int, float] = {}  # directory -> when we last stored its record
         self._nursery: trio.Nursery | None = None  # while run() runs: where streams go
         self._streams_done = trio.Event()
         self._poll_cursor = 0
@@ -270,10 +272,11 @@ class SyncTask:
         """Upload and publish everything now (and with ``pull`` merge the remote changes of
         every directory); returns once nothing is pending, raises GatewayError on failure."""
         async with self._lock:
+            started = time.monotonic()
             await self._settle_streams()
             await self._cycle(force=True)
             if pull:
-                await self._poll(everything=True)
+                await self._poll(everything=True, current_since=started)
             while self.meta.file_changes or self.meta.dir_changes:
                 await self._settle_streams()  # (a file written meanwhile may stream)
                 await self._cycle(force=True)
@@ -523,6 +526,7 @@ class SyncTask:
                 continue
             self.meta.mark_published(directory, generation, version, encoded, moved_upto)
             self.meta.commit()  # the version we published is our base, even after a kill -9
+            self._published_at[directory] = time.monotonic()
             log.debug("published %r version %d", self.meta.path_of(directory), version)
             return
 
@@ -588,10 +592,15 @@ class SyncTask:
         if self.meta.get(directory).dir_state == DirState.UNLOADED:
             self.meta.load_dir(directory, version, record, encoded)
 
-    async def _poll(self, everything: bool) -> None:
-        """Merge the directories that moved on remotely (a batch, or all of them)."""
+    async def _poll(self, everything: bool, current_since: float | None = None) -> None:
+        """Merge the directories that moved on remotely (a batch, or all of them). Those
+        published since ``current_since`` are known current: the compare-and-swap that stored
+        them found the latest version, and a later change is as new as one after the poll."""
         self._next_poll = time.monotonic() + self.poll_interval
         loaded = self.meta.loaded_dirs()
+        if current_since is not None:
+            loaded = [entry for entry in loaded
+                      if self._published_at.get(entry[0], -math.inf) < current_since]
         if not everything:
             start = self._poll_cursor % max(len(loaded), 1)
             loaded = (loaded[start:] + loaded[:start])[:POLL_BATCH]
