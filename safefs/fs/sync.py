@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from safefs import osutil
 from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
 from safefs.fs import CPU_THREADS, INLINE_BUDGET, INLINE_MAX, run_all
 from safefs.fs.dirrecord import Ref, packed_ref
@@ -475,6 +476,9 @@ class SyncTask:
                                                               stream.sent)
                         if stream.broken or len(piece) != end - stream.sent:
                             return False
+                        # The cache file's pages go to disk while the rest is copied, not
+                        # all at the durability barrier of the close.
+                        osutil.start_writeback(fd)
                         await self.remote.append(writer, piece, stream.sent)
                     stream.sent = end
                     self.uploaded_bytes += len(piece)
