@@ -92,6 +92,27 @@ async def test_upload_publish_and_read_back(gateway: GatewayProcess, tmp_path: P
             assert await second.cache.read(inode, 5, 10) == content[5:15]
 
 
+async def test_a_file_changed_while_its_pack_goes_up_stays_dirty(gateway: GatewayProcess,
+                                                                  tmp_path: Path) -> None:
+    """Its pack mates are recorded; the changed file goes up again, correct, later."""
+    async with device(gateway, tmp_path) as dev:
+        contents = [os.urandom(INLINE_MAX + 100) for _ in range(2)]
+        inodes = [await dev.write(ROOT_INODE, b"p%d" % n, contents[n]) for n in range(2)]
+        items = [await dev.sync.upload(inode, packable=True) for inode in inodes]
+        assert all(item is not None for item in items)
+        await dev.cache.write(inodes[0], 0, b"changed")
+        await dev.sync._upload_pack(items)
+        assert dev.meta.get(inodes[0]).dirty and not dev.meta.get(inodes[1]).dirty
+        assert dev.meta.get(inodes[1]).data_ref == Ref.PACKED
+        await dev.sync.flush()
+        assert not dev.meta.get(inodes[0]).dirty
+    async with device(gateway, tmp_path / "other") as other:
+        await other.sync.ensure_loaded(ROOT_INODE)
+        first = other.meta.lookup(ROOT_INODE, b"p0")
+        expected = b"changed" + contents[0][7:]
+        assert await other.cache.read(first, 0, len(expected) + 1) == expected
+
+
 async def test_a_file_changed_during_its_upload_stays_dirty(gateway: GatewayProcess,
                                                               tmp_path: Path) -> None:
     async with device(gateway, tmp_path) as dev:
