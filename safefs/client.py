@@ -279,28 +279,28 @@ class GatewayClient:
     async def drop_writer(self, writer: int) -> None:
         await self._drop(f"/immutable-data/writer/{writer}")
 
-    async def put_stream(self, chunks: AsyncIterable[bytes], size: int, cipher: str = "PLAIN",
-                         progress: Progress = None) -> bytes:
-        """Store ``size`` bytes from ``chunks``; returns the serialised DataIdentifier."""
+    async def put_stream(self, chunks: AsyncIterable[bytes], size: int | None,
+                         cipher: str = "PLAIN", progress: Progress = None) -> bytes:
+        """Store ``size`` bytes from ``chunks`` (None: however many they give, e.g. a file still
+        being written); returns the serialised DataIdentifier."""
         writer = await self.new_writer()
         try:
             offset = 0
             async with _read_ahead(_segments(chunks, SEGMENT_SIZE)) as segments:
                 async for segment in segments:
-                    if offset + len(segment) > size:
+                    if size is not None and offset + len(segment) > size:
                         raise ValueError(f"the stream is longer than the announced {size} bytes")
                     await self.append(writer, segment, offset)
                     offset += len(segment)
                     if progress:
                         progress(len(segment))
-            if offset != size:
+            if size is not None and offset != size:
                 raise ValueError(f"the stream ended after {offset} of {size} bytes")
-            return await self.close_to_data_id(writer, cipher)
+            return await self._close_to_data_id(writer, cipher)
         finally:
             await self.drop_writer(writer)
 
-    async def close_to_data_id(self, writer: int, cipher: str) -> bytes:
-        """Close a writer with ``cipher``; the serialised DataIdentifier of what it held."""
+    async def _close_to_data_id(self, writer: int, cipher: str) -> bytes:
         data_id = await self._using_cipher(
             cipher, lambda handle: self.close_writer(writer, "PLAIN" if handle is None else handle))
         try:

@@ -135,7 +135,7 @@ class FileCache:
         content = self.meta.small_content(ino.id)
         if content is not None:
             return content
-        inline = ino.data or b"" if ino.data_ref == Ref.INLINE else b""
+        inline = (ino.data or b"") if ino.data_ref == Ref.INLINE else b""
         return inline[:min(ino.fetch_limit, ino.size)].ljust(ino.size, b"\0")
 
     def small_content(self, inode: int) -> bytes | None:
@@ -280,8 +280,8 @@ class FileCache:
             if self._write_small(ino, offset, data):
                 return len(data)
             self.to_cache_file(inode)
-        while True:
             ino = self.meta.get(inode)
+        while True:
             # Blocks of uploaded content that this write covers only in part: fetch them first.
             partly = [block for block in {offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE}
                       if block * BLOCK_SIZE < ino.fetch_limit
@@ -292,6 +292,7 @@ class FileCache:
             if not missing:
                 break
             await run_all(partial(self._fetch_block, inode), missing)
+            ino = self.meta.get(inode)
         fd = self._fd(inode)
         os.pwrite(fd, data, offset)
         # Every touched block below fetch_limit is whole now: fetched above, or overwritten.
@@ -311,9 +312,9 @@ class FileCache:
                 self.meta.write_small(inode, self._small_content(ino)[:size].ljust(size, b"\0"))
                 return
             self.to_cache_file(inode)
+            ino = self.meta.get(inode)
         fd = self._fd(inode)
         os.ftruncate(fd, size)
-        ino = self.meta.get(inode)
         if size < ino.fetch_limit:
             self.meta.drop_cached_blocks(inode, list(range(blocks_in(size),
                                                            blocks_in(ino.fetch_limit))))
@@ -323,18 +324,15 @@ class FileCache:
 
     async def fsync(self, inode: int) -> None:
         """Make the file's content and metadata survive a power loss."""
-        self.meta.commit()
-        if self._is_small(self.meta.get(inode)):  # the database holds the content
-            await trio.to_thread.run_sync(self.meta.make_durable)
-            return
-        fd = os.dup(self._fd(inode))  # the shared descriptor may be closed meanwhile
-        try:
-            await trio.to_thread.run_sync(os.fsync, fd)
-        finally:
-            os.close(fd)
-        if self._new_files:
-            self._new_files = False
-            await trio.to_thread.run_sync(_fsync_dir, self.directory)
+        if not self._is_small(self.meta.get(inode)):  # else the database holds the content
+            fd = os.dup(self._fd(inode))  # the shared descriptor may be closed meanwhile
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+            if self._new_files:
+                self._new_files = False
+                await trio.to_thread.run_sync(_fsync_dir, self.directory)
         self.meta.commit()
         await trio.to_thread.run_sync(self.meta.make_durable)
 

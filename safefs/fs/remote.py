@@ -131,22 +131,10 @@ class Remote:
 
     # -- file content ---------------------------------------------------------------------------
 
-    async def upload(self, chunks: AsyncIterable[bytes], size: int) -> bytes:
-        """Store content; returns its serialised DataIdentifier."""
+    async def upload(self, chunks: AsyncIterable[bytes], size: int | None) -> bytes:
+        """Store content (``size`` bytes, or however many ``chunks`` give if None); returns its
+        serialised DataIdentifier."""
         return await self._call(self.client.put_stream, chunks, size, CIPHER)
-
-    async def new_writer(self) -> int:
-        return await self._call(self.client.new_writer)
-
-    async def append(self, writer: int, data: bytes, offset: int) -> None:
-        await self._call(self.client.append, writer, data, offset)
-
-    async def close_writer(self, writer: int) -> bytes:
-        """Store what the writer holds; its serialised DataIdentifier."""
-        return await self._call(self.client.close_to_data_id, writer, CIPHER)
-
-    async def drop_writer(self, writer: int) -> None:
-        await self.client.drop_writer(writer)
 
     async def fetch(self, ref: int, data: bytes, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of uploaded content (inline content is its own source)."""

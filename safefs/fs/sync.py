@@ -78,17 +78,18 @@ class Stream:
     """A file uploaded while it is written (appended to from its start, in order).
 
     :written: bytes written contiguously from offset 0 so far (what may be sent).
-    :sent: bytes appended to the gateway writer; ``reading`` the end of the piece being read.
+    :read: bytes read from the cache file to be sent.
     :broken: a write landed below what was read, or the file was truncated below it: the
         stream ends without effect and the file goes up the usual way.
+    :final: (generation, size, mtime) of the content once all of it was read, the file closed.
     """
 
     inode: int
     written: int = 0
-    sent: int = 0
-    reading: int = 0
+    read: int = 0
     broken: bool = False
     started: bool = False
+    final: tuple[int, int, int] | None = None
     changed: trio.Event = field(default_factory=trio.Event)
 
 
@@ -180,7 +181,7 @@ class SyncTask:
             if ino.size != length or ino.fetch_limit:  # not a file being written afresh
                 return
             stream = self._streams[inode] = Stream(inode)
-        if offset < max(stream.sent, stream.reading):
+        if offset < stream.read:
             stream.broken = True
         elif offset <= stream.written:
             stream.written = max(stream.written, offset + length)
@@ -193,7 +194,7 @@ class SyncTask:
     def truncated(self, inode: int, size: int) -> None:
         stream = self._streams.get(inode)
         if stream is not None:
-            if size < max(stream.sent, stream.reading):
+            if size < stream.read:
                 stream.broken = True
             stream.written = min(stream.written, size)
             stream.changed.set()
@@ -438,19 +439,11 @@ class SyncTask:
         """Upload a file while it is written; when it is closed, finish and record it."""
         inode = stream.inode
         try:
-            writer = await self.remote.new_writer()
-            try:
-                if await self._stream_pieces(stream, writer):
-                    ino = self.meta.get(inode)
-                    generation, size, mtime_ns = ino.generation, ino.size, ino.mtime_ns
-                    async with self._large_uploads:
-                        data = await self.remote.close_writer(writer)
-                    if not stream.broken:
-                        self._uploaded(inode, generation, Ref.DATA_ID, data, size, mtime_ns)
-                        self.meta.commit()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self.remote.drop_writer(writer)
+            data = await self.remote.upload(self._written_pieces(stream), None)
+            assert stream.final is not None
+            generation, size, mtime_ns = stream.final
+            self._uploaded(inode, generation, Ref.DATA_ID, data, size, mtime_ns)
+            self.meta.commit()
         except (FileChanged, NoSuchEntry, GatewayError, OSError) as exc:
             log.debug("streaming inode %d stopped (%s); it goes up the usual way", inode,
                       exc or type(exc).__name__)
@@ -461,35 +454,40 @@ class SyncTask:
             self._streams_done = trio.Event()
             self.wake()
 
-    async def _stream_pieces(self, stream: Stream, writer: int) -> bool:
-        """Append what is written until the file is closed; True if all of it went."""
-        fd = self.cache.open_for_upload(stream.inode)
+    async def _written_pieces(self, stream: Stream) -> AsyncIterator[bytes]:
+        """What is written, a piece at a time, until the file is closed; FileChanged if the
+        stream breaks. At the end ``stream.final`` holds what the content is a snapshot of."""
+        inode = stream.inode
+        fd = self.cache.open_for_upload(inode)
         try:
             while not stream.broken:
-                closed = stream.inode not in self._writers
-                end = min(stream.written, stream.sent + UPLOAD_PIECE)
-                if end - stream.sent == UPLOAD_PIECE or (closed and end > stream.sent):
-                    # The slot only while sending: a file kept open (a log) holds none.
+                closed = inode not in self._writers
+                end = min(stream.written, stream.read + UPLOAD_PIECE)
+                if end - stream.read == UPLOAD_PIECE or (closed and end > stream.read):
+                    # The slot only while reading and handing on a piece: a file kept open (a
+                    # log) holds none.
                     async with self._large_uploads:
-                        stream.reading = end
-                        piece = await trio.to_thread.run_sync(os.pread, fd, end - stream.sent,
-                                                              stream.sent)
-                        if stream.broken or len(piece) != end - stream.sent:
-                            return False
+                        start, stream.read = stream.read, end
+                        piece = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
+                        if stream.broken or len(piece) != end - start:
+                            break
                         # The cache file's pages go to disk while the rest is copied, not
                         # all at the durability barrier of the close.
                         osutil.start_writeback(fd)
-                        await self.remote.append(writer, piece, stream.sent)
-                    stream.sent = end
-                    self.uploaded_bytes += len(piece)
+                        self.uploaded_bytes += len(piece)
+                        yield piece
                 elif closed:
-                    return stream.sent == stream.written == self.meta.get(stream.inode).size
+                    ino = self.meta.get(inode)
+                    if stream.read != stream.written or stream.read != ino.size:
+                        break
+                    stream.final = ino.generation, ino.size, ino.mtime_ns
+                    return
                 else:
                     await stream.changed.wait()
                     stream.changed = trio.Event()
-            return False
         finally:
             os.close(fd)
+        raise FileChanged(inode)
 
     async def _pieces(self, fd: int, size: int) -> AsyncIterator[bytes]:
         offset = 0
