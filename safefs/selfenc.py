@@ -435,9 +435,7 @@ def _encrypt_level(
     def encrypt(index: int, plain: Any) -> None:
         seal_and_put(index, compress(plain, quality))
 
-    # Threads pay off for large data only: starting them costs more than encrypting a record.
-    pool: Executor = (ThreadPoolExecutor(threads, thread_name_prefix="selfenc")
-                      if size > SMALL_DATA_INLINE else _CallerRuns())
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="selfenc")
     in_flight: deque[Future[Any]] = deque()
     heads: list[Future[bytes]] = []
     try:
@@ -461,22 +459,6 @@ def _encrypt_level(
     return DataMap(
         tuple(ChunkInfo(i, dst[i], src[i], n) for i, n in enumerate(sizes)), level or None
     )
-
-
-#: Data up to this size is encrypted in the calling thread (no thread pool).
-SMALL_DATA_INLINE = 1 << 20
-
-
-class _CallerRuns(Executor):
-    """An executor that runs each call at once, in the caller's thread."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
 
 
 def _shrink(
