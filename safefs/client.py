@@ -40,8 +40,10 @@ SEGMENT_SIZE = 4 * 1024 * 1024
 
 Progress = Callable[[int], None] | None
 
-#: StructuredData handles kept for the next update of the same record.
-KEPT_SD_HANDLES = 32
+#: StructuredData handles kept for the next update of the same record (two requests instead of
+#: five): enough for the directories a large copy touches, a quarter of the gateway's default
+#: capacity per kind (each holds one record of at most 100 KiB there).
+KEPT_SD_HANDLES = 256
 
 _CONFLICT_CODES = (errors.DATA_EXISTS, errors.INVALID_SUCCESSOR)
 _STALE_HANDLE_CODES = (errors.INVALID_SE_HANDLE, errors.INVALID_DATA_ID_HANDLE)

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -461,6 +462,72 @@ def test_flushes_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for name, data in chunks:
         assert (tmp_path / "chunks" / name.hex()[:2] / name.hex()).read_bytes() == data
     assert store.stats().chunk_count == len(chunks)
+    store.close()
+
+
+def test_record_writes_share_transactions(tmp_path: Path) -> None:
+    """Record writes of threads arriving together commit together; a refused compare-and-swap
+    in a shared transaction fails alone."""
+    store = LocalStore(tmp_path)
+    store.create_record(b"shared", 0, b"v0")
+    transactions = []
+    real_transaction = store._record_writes._transaction
+
+    @contextmanager
+    def slow_transaction() -> Iterator[sqlite3.Connection]:
+        with real_transaction() as db:
+            transactions.append(db)
+            yield db
+            time.sleep(0.02)  # the commit's fsync, longer: writers queue meanwhile
+
+    store._record_writes._transaction = slow_transaction
+
+    def write(index: int) -> int | str:
+        if index % 4 == 0:  # all expect version 0 of one record: exactly one may win
+            try:
+                return store.cas_record(b"shared", 0, b"%d" % index)
+            except VersionConflict as exc:
+                return f"conflict {exc.current}"
+        store.create_record(b"key %d" % index, 0, b"%d" % index)
+        return 0
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(write, range(64)))
+    assert len(transactions) < 32
+    cas_results = [results[index] for index in range(0, 64, 4)]
+    assert cas_results.count(1) == 1 and cas_results.count("conflict 1") == 15
+    winner = cas_results.index(1) * 4
+    assert store.get_record(b"shared") == (1, b"%d" % winner)
+    for index in range(64):
+        if index % 4:
+            assert store.get_record(b"key %d" % index) == (0, b"%d" % index)
+    assert store.stats().record_count == 49
+    store.close()
+
+
+def test_failed_shared_commit_fails_every_write(tmp_path: Path) -> None:
+    """When the commit of a shared transaction fails, every write in it reports the failure
+    and none is stored; the next writes go through."""
+    store = LocalStore(tmp_path)
+    real_transaction = store._record_writes._transaction
+
+    @contextmanager
+    def full_at_commit() -> Iterator[sqlite3.Connection]:
+        with real_transaction() as db:
+            yield db
+            raise sqlite3.OperationalError("database or disk is full")
+
+    store._record_writes._transaction = full_at_commit
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(store.create_record, b"key %d" % index, 0, b"v")
+                   for index in range(16)]
+    for future in futures:
+        with pytest.raises(StoreError, match="disk is full"):
+            future.result()
+    assert all(store.record_versions(b"key %d" % index) == [] for index in range(16))
+    store._record_writes._transaction = real_transaction
+    store.create_record(b"key 0", 0, b"v")
+    assert store.stats().record_count == 1
     store.close()
 
 

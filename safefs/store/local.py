@@ -9,7 +9,8 @@ specified in docs/FORMAT.md §4; the short version:
   chunk under its name or nothing (a leftover in ``tmp/``, removed at a later open). Two syncs
   per flush instead of two per chunk: an untar of small files writes thousands of chunks;
 - records live in ``records.sqlite`` (WAL, ``synchronous=FULL``); every read-compare-write runs in
-  ``BEGIN IMMEDIATE``, so threads and processes sharing the directory serialise their writes.
+  ``BEGIN IMMEDIATE``, so threads and processes sharing the directory serialise their writes;
+  the writes of threads that arrive together share one transaction (one commit, one fsync).
 
 The directory must be on a local filesystem: SQLite's WAL mode needs shared memory between the
 processes that use it, which network filesystems do not provide.
@@ -26,8 +27,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from safefs import osutil
 
@@ -45,6 +48,8 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEME = "file"
 
@@ -113,6 +118,7 @@ class LocalStore(Store):
         self._pending: dict[str, str] = {}
         self._pending_lock = threading.Lock()
         self._group_commit = GroupCommit(self._publish_pending)
+        self._record_writes = WriteBatches(self._transaction)
         try:
             self._open_layout()
         except BaseException as exc:
@@ -328,15 +334,17 @@ class LocalStore(Store):
     # Records
 
     def _create_record(self, key: bytes, version: int, value: bytes) -> None:
-        with self._transaction() as db:
+        def write(db: sqlite3.Connection) -> None:
             if _latest_version(db, key) is not None:
                 raise RecordExists(key)
             db.execute("INSERT INTO records (key, version, value) VALUES (?, ?, ?)",
                        (key, version, value))
             db.execute("UPDATE totals SET record_count = record_count + 1")
 
+        self._record_writes.run(write)
+
     def _cas_record(self, key: bytes, expected_version: int, value: bytes) -> int:
-        with self._transaction() as db:
+        def write(db: sqlite3.Connection) -> int:
             current = _latest_version(db, key)
             if current is None:
                 raise RecordNotFound(key)
@@ -344,7 +352,9 @@ class LocalStore(Store):
                 raise VersionConflict(current)
             db.execute("INSERT INTO records (key, version, value) VALUES (?, ?, ?)",
                        (key, current + 1, value))
-        return current + 1
+            return current + 1
+
+        return self._record_writes.run(write)
 
     def _get_record(self, key: bytes, version: int | None) -> tuple[int, bytes]:
         with self._db() as db:
@@ -500,6 +510,70 @@ class GroupCommit:
                 self._covered = max(self._covered, upto)
 
 
+
+
+class WriteBatches:
+    """Record writes of concurrent threads in one transaction: one commit (one fsync of the
+    WAL) for all of them instead of one each, as a file system's publishes of many directories
+    at once would otherwise queue for the write lock one fsync at a time.
+
+    A write checks before it changes anything (a refused compare-and-swap raises before its
+    INSERT), so it fails alone; a failing statement or commit fails the whole batch.
+    """
+
+    def __init__(self, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+                 ) -> None:
+        self._transaction = transaction
+        self._condition = threading.Condition()
+        self._queue: list[_Write] = []
+        self._writing = False
+
+    def run(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``write`` in a transaction (shared with other threads' writes); its result."""
+        job = _Write(write)
+        with self._condition:
+            self._queue.append(job)
+            while not job.done:
+                if self._writing:
+                    self._condition.wait()
+                    continue
+                self._writing = True
+                batch, self._queue = self._queue, []
+                self._condition.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self._condition.acquire()
+                    self._writing = False
+                    self._condition.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _write(self, batch: list[_Write]) -> None:
+        try:
+            with self._transaction() as db:
+                for job in batch:
+                    try:
+                        job.result = job.write(db)
+                    except (RecordExists, RecordNotFound, VersionConflict) as exc:
+                        job.error = exc
+        except BaseException as exc:
+            for job in batch:
+                job.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for job in batch:
+                job.done = True
+
+
+@dataclass(slots=True)
+class _Write:
+    write: Callable[[sqlite3.Connection], Any]
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
 
 
 def _sync_files(directory: str, files: list[str], directories: list[str] = ()) -> None:
