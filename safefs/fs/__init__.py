@@ -28,13 +28,12 @@ T = TypeVar("T")
 #: StructuredData type tag of directory records (versioned: every version stays readable).
 DIR_TAG = 501
 
-#: Files up to this size travel inside their directory record instead of as ImmutableData:
-#: it saves a writer and a reader handle (eight requests each way) per small file (sources,
-#: configs, git objects) ...
-INLINE_MAX = 16 * 1024
-#: ... as long as the inline content of one directory stays under this, since every version of
-#: the record carries all of it.
-INLINE_BUDGET = 1024 * 1024
+#: Files up to this size travel inside their directory record instead of in a pack: smaller
+#: than a pack reference's worth of requests on a cold read, and no pack range to fetch ...
+INLINE_MAX = 4 * 1024
+#: ... as long as the inline content of one directory stays under this: every version of the
+#: record carries all of it, and every change in the directory publishes it again.
+INLINE_BUDGET = 256 * 1024
 
 #: Worker threads for CPU work (record encoding and decoding) per kind of work: leave cores to
 #: the FUSE requests and the gateway.
