@@ -7,7 +7,8 @@ One task runs *cycles*, and only one cycle runs at a time:
    content of their directory record instead (up to a budget per directory), and files up to
    ``PACK_FILE_MAX`` travel together, several per ImmutableData (a pack);
 2. publish every pending directory record that is idle (``dir_delay``: a burst of changes in one
-   directory becomes one version), deepest first, with compare-and-swap on the version; when
+   directory becomes one version), several at once, a new directory before its parent, with
+   compare-and-swap on the version; when
    the record moved on remotely, fetch it, merge three-way, apply the result locally and retry;
 3. every ``poll_interval``, ask for the current version of a batch of directories and merge
    those that moved (changes made by other mounts of the account).
@@ -285,26 +286,50 @@ class SyncTask:
 
     async def _cycle(self, force: bool) -> None:
         files = self._due(self.meta.file_changes, self.upload_delay, force)
+        _t0 = time.monotonic()
         if files:
             await self._upload_all(files)
-        # Deepest first, one depth at a time (those in parallel): publishing a child makes its
-        # parent pending, and a parent may only name child records that exist.
-        published: set[int] = set()
-        while True:
-            due = [(self.meta.depth(directory), directory)
-                   for directory in self._due(self.meta.dir_changes, self.dir_delay, force)
-                   if directory not in published]
-            if not due:
-                break
-            deepest = max(depth for depth, _ in due)
-            batch = [directory for depth, directory in due if depth == deepest]
-            await run_all(self.publish, batch, PUBLISH_CONNECTIONS)
-            published.update(batch)
+        _t1 = time.monotonic(); _n = 0
+        await self._publish_due(force)
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
         self.last_error = ""
         if not self.meta.file_changes and not self.meta.dir_changes:
             self.last_sync = time.time()
+
+    async def _publish_due(self, force: bool) -> None:
+        """Publish the due directories (and those that became due meanwhile) once each."""
+        published: set[int] = set()
+        while due := [directory for directory in self._due(self.meta.dir_changes,
+                                                           self.dir_delay, force)
+                      if directory not in published]:
+            await self._publish_together(due)
+            published.update(due)
+
+    async def _publish_together(self, directories: list[int]) -> None:
+        """Publish directories, ``PUBLISH_CONNECTIONS`` at once. A parent may only name child
+        records that exist, so a directory waits for those of its new subdirectories that are
+        in the list (publishing one makes the parent pending again); the others wait for
+        nothing."""
+        done = {directory: trio.Event() for directory in directories}
+        new_children: dict[int, list[int]] = {}
+        for directory in directories:
+            where = self.meta.name_of(directory)
+            if where is not None and where[0] in done and \
+                    self.meta.get(directory).dir_state == DirState.NEW:
+                new_children.setdefault(where[0], []).append(directory)
+        connections = trio.CapacityLimiter(PUBLISH_CONNECTIONS)
+
+        async def publish(directory: int) -> None:
+            try:
+                for child in new_children.get(directory, ()):
+                    await done[child].wait()
+                async with connections:
+                    await self.publish(directory)
+            finally:
+                done[directory].set()
+
+        await run_all(publish, directories)
 
     def _due(self, changes: dict[int, float], delay: float, force: bool) -> list[int]:
         """The files (or directories) of ``changes`` whose upload (or publish) is due; entries
