@@ -241,6 +241,7 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(errno.EINVAL)
             self.cache.truncate(inode, attr.st_size)
             self.sync.truncated(inode, attr.st_size)
+            ino = self.meta.get(inode)
         changes: dict[str, Any] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IFMT(ino.mode) | stat.S_IMODE(attr.st_mode)
@@ -253,8 +254,8 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
         if changes:
-            self.meta.set_attrs(inode, **changes)
-        return self._attrs(self.meta.get(inode))
+            ino = self.meta.set_attrs(ino, **changes)
+        return self._attrs(ino)
 
     @_guard
     async def readlink(self, inode: pyfuse3.InodeT,

@@ -286,10 +286,8 @@ class SyncTask:
 
     async def _cycle(self, force: bool) -> None:
         files = self._due(self.meta.file_changes, self.upload_delay, force)
-        _t0 = time.monotonic()
         if files:
             await self._upload_all(files)
-        _t1 = time.monotonic(); _n = 0
         await self._publish_due(force)
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
@@ -448,7 +446,8 @@ class SyncTask:
             raise FileChanged(inode)
         self._fsynced.pop(inode, None)
         self.cache.uploaded(inode)
-        log.debug("uploaded %r (%d bytes)", self.meta.path_of(inode), size)
+        if log.isEnabledFor(logging.DEBUG):  # a path costs a query per level
+            log.debug("uploaded %r (%d bytes)", self.meta.path_of(inode), size)
 
     async def _settle_streams(self) -> None:
         """Let the streams of closed files finish; end those of files still open (a flush
@@ -554,7 +553,8 @@ class SyncTask:
             self.meta.mark_published(directory, generation, version, encoded, moved_upto)
             self.meta.commit()  # the version we published is our base, even after a kill -9
             self._published_at[directory] = time.monotonic()
-            log.debug("published %r version %d", self.meta.path_of(directory), version)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("published %r version %d", self.meta.path_of(directory), version)
             return
 
     async def merge_remote(self, directory: int) -> None:
