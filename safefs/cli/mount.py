@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="local cache size, e.g. 512M or 20G (default 10G); changes not "
                        "uploaded yet are never evicted")
     mount.add_argument("--upload-delay", metavar="SECONDS", type=float, default=2.0,
-                       help="upload a closed file once it has not changed for this long "
-                       "(default %(default)s)")
+                       help="upload a closed file once it has not changed for this long, "
+                       "and publish a directory after 2.5 times as long (default %(default)s)")
     mount.add_argument("--poll-interval", metavar="SECONDS", type=float, default=15.0,
                        help="how often to look for changes made by other devices "
                        "(default %(default)s)")

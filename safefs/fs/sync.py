@@ -61,6 +61,8 @@ PACK_MAX = 8 * 1024 * 1024
 #: A file written from its start, in order, goes up while it is being written once it holds
 #: this much: a large copy is mostly uploaded by the time it is closed.
 STREAM_MIN = 4 * UPLOAD_PIECE
+#: The idle delay of directories, as a multiple of the files' upload delay.
+DIR_DELAY_FACTOR = 2.5
 MAX_BACKOFF = 30.0
 #: Directories whose version is checked per poll (4 requests each).
 POLL_BATCH = 16
@@ -116,9 +118,11 @@ class SyncTask:
         self.cache = cache
         self.remote = remote
         self.upload_delay = upload_delay
-        # As long as the uploads' by default: a directory whose files were just written is
-        # published once, after they are uploaded, not once before and once after.
-        self.dir_delay = upload_delay if dir_delay is None else dir_delay
+        # Longer than the uploads' by default: a directory whose files were just written is
+        # published once, after they are uploaded, not once before and once after; and tar,
+        # cp -a and rsync -a set each directory's times and mode after filling it, so a copy
+        # that goes on for a while would otherwise publish every directory twice.
+        self.dir_delay = DIR_DELAY_FACTOR * upload_delay if dir_delay is None else dir_delay
         self.poll_interval = poll_interval
         self.on_remote_change: RemoteChangeHook = lambda directory, names, inodes: None
         self.last_sync = 0.0
