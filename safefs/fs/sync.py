@@ -61,6 +61,8 @@ PACK_MAX = 8 * 1024 * 1024
 #: A file written from its start, in order, goes up while it is being written once it holds
 #: this much: a large copy is mostly uploaded by the time it is closed.
 STREAM_MIN = 4 * UPLOAD_PIECE
+#: Background cycles start at least this share of the upload delay apart.
+CYCLE_SPACING = 0.5
 #: The idle delay of directories, as a multiple of the files' upload delay.
 DIR_DELAY_FACTOR = 2.5
 MAX_BACKOFF = 30.0
@@ -135,6 +137,8 @@ class SyncTask:
         self._cpu = trio.CapacityLimiter(CPU_THREADS)
         self._wake = trio.Event()
         self._stopping = False
+        self._stopped = trio.Event()
+        self._last_cycle = -math.inf
         self._loading: dict[int, trio.Event] = {}
         self._streams: dict[int, Stream] = {}
         self._published_at: dict[int, float] = {}  # directory -> when we last stored its record
@@ -234,8 +238,16 @@ class SyncTask:
                 await self._wake.wait()
             self._asleep_until = 0.0
             self._wake = trio.Event()
+            # At most one background cycle per CYCLE_SPACING of the upload delay: files falling
+            # due one by one (an untar closes hundreds a second) go up together, in full packs,
+            # not a pack of a few files per cycle.
+            spacing = self._last_cycle + CYCLE_SPACING * self.upload_delay - time.monotonic()
+            if spacing > 0 and not self._stopping:
+                with trio.move_on_after(spacing):
+                    await self._stopped.wait()
             if self._stopping:
                 break
+            self._last_cycle = time.monotonic()
             try:
                 async with self._lock:
                     await self._cycle(force=False)
@@ -256,6 +268,7 @@ class SyncTask:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self.wake()
 
     def _note_error(self, exc: Exception) -> None:
