@@ -59,6 +59,8 @@ FORMAT_FILE = "format"
 CHUNKS_DIR = "chunks"
 TEMP_DIR = "tmp"
 RECORDS_DB = "records.sqlite"
+#: Chunks from this size on start their writeback when written (see _write_new).
+WRITEBACK_MIN = 1024 * 1024
 #: New chunks counted in memory before the totals row is updated (one transaction per batch).
 TOTALS_BATCH = 64
 # Every name a store directory may hold (SQLite keeps its -wal/-shm/-journal beside the database).
@@ -117,6 +119,7 @@ class LocalStore(Store):
         # Chunks written to tmp/ but not linked under their names yet: final path -> temp path.
         self._pending: dict[str, str] = {}
         self._pending_lock = threading.Lock()
+        self._fanout_dirs: set[str] = set()  # chunks/xx directories known to exist
         self._group_commit = GroupCommit(self._publish_pending)
         self._record_writes = WriteBatches(self._transaction)
         try:
@@ -277,10 +280,12 @@ class LocalStore(Store):
 
     def _ensure_fanout_dir(self, directory: str) -> str:
         """Create a fan-out directory if missing; returns it (its entries change)."""
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
+        if directory not in self._fanout_dirs:
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                pass
+            self._fanout_dirs.add(directory)  # (they are never removed)
         return directory
 
     def _count_new_chunk(self, size: int) -> None:
@@ -610,9 +615,11 @@ def _write_new(path: str, data: bytes, synced: bool = False) -> None:
             view = view[os.write(fd, view):]
         if synced:
             os.fsync(fd)
-        else:
+        elif len(data) >= WRITEBACK_MIN:
             # Start writing it out now, so that the next flush finds little left to write (a
-            # large upload would otherwise leave it all to the flush at its close).
+            # large upload would otherwise leave it all to the flush at its close). Small
+            # chunks (directory records, packs' tails) are left to the flush: a call each
+            # cost as much as writing them.
             osutil.start_writeback(fd)
     except BaseException:
         _remove_quietly(path)
