@@ -190,7 +190,7 @@ def _mount_of(path: str | None) -> Path:
 def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     """Ask the daemon for a flush and wait for it, with progress; returns the final status."""
     from safefs import osutil
-    from safefs.fs.ctrl import read_status, request_flush
+    from safefs.fs.ctrl import read_progress, read_status, request_flush
 
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -202,11 +202,11 @@ def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     with progress_bar(start["pending_bytes"], label) as progress:
         done = start["uploaded_bytes"]
         for attempt in itertools.count():
-            status = read_status(mountpoint)
-            progress(status["uploaded_bytes"] - done)
-            done = status["uploaded_bytes"]
-            if max(status["flush_done"], status["flush_failed"]) >= target:
-                return status
+            now = read_progress(mountpoint)  # (the full status counts what is pending)
+            progress(now["uploaded_bytes"] - done)
+            done = now["uploaded_bytes"]
+            if max(now["flush_done"], now["flush_failed"]) >= target:
+                return read_status(mountpoint)
             time.sleep(min(0.2, 0.005 * 2**attempt))  # quick when there is little to do
 
 

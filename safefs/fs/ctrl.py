@@ -1,7 +1,8 @@
 """The control file: how ``safefs umount``, ``sync`` and ``status`` talk to a mount's daemon.
 
 The root of every mount has a hidden file ``CTRL_NAME`` (not listed by readdir). Reading its
-``STATUS_XATTR`` attribute returns the daemon's status as JSON; writing its ``FLUSH_XATTR``
+``STATUS_XATTR`` attribute returns the daemon's status as JSON, ``PROGRESS_XATTR`` the part of it
+a client waiting for a flush polls (cheap: no counting of pending files); writing ``FLUSH_XATTR``
 attribute asks for a flush: upload and publish everything, and with the value ``pull`` also
 merge the changes other mounts made (``safefs sync``; ``umount`` only pushes). Going through
 the mount itself needs no socket and no discovery: a path inside the mount is enough.
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CTRL_NAME = b".__safefs_ctrl__"
 STATUS_XATTR = b"user.safefs.status"
+PROGRESS_XATTR = b"user.safefs.progress"
 FLUSH_XATTR = b"user.safefs.flush"
 
 
@@ -36,9 +38,10 @@ class Control:
     """Daemon side: serves status and runs requested flushes one after the other."""
 
     def __init__(self, flush: Callable[[bool], Awaitable[None]],
-                 status: Callable[[], dict]) -> None:
+                 status: Callable[[], dict], uploaded_bytes: Callable[[], int]) -> None:
         self._flush = flush
         self._status = status
+        self._uploaded_bytes = uploaded_bytes
         self.flush_requested = 0
         self.flush_done = 0
         self.flush_failed = 0
@@ -56,9 +59,16 @@ class Control:
 
     def status(self) -> bytes:
         status = self._status()
-        status.update(flush_requested=self.flush_requested, flush_done=self.flush_done,
-                      flush_failed=self.flush_failed, flush_error=self.flush_error)
+        status.update(self._progress())
         return json.dumps(status, sort_keys=True).encode()
+
+    def progress(self) -> bytes:
+        return json.dumps(self._progress(), sort_keys=True).encode()
+
+    def _progress(self) -> dict:
+        return {"flush_requested": self.flush_requested, "flush_done": self.flush_done,
+                "flush_failed": self.flush_failed, "flush_error": self.flush_error,
+                "uploaded_bytes": self._uploaded_bytes()}
 
     async def run(self) -> None:
         while True:
@@ -90,7 +100,12 @@ def read_status(mountpoint: str | os.PathLike) -> dict:
     return json.loads(os.getxattr(ctrl_path(mountpoint), STATUS_XATTR.decode()))
 
 
+def read_progress(mountpoint: str | os.PathLike) -> dict:
+    """Flush numbers and uploaded bytes (OSError if the mount does not answer)."""
+    return json.loads(os.getxattr(ctrl_path(mountpoint), PROGRESS_XATTR.decode()))
+
+
 def request_flush(mountpoint: str | os.PathLike, pull: bool) -> int:
     """Ask for a flush; returns the request number to wait for."""
     os.setxattr(ctrl_path(mountpoint), FLUSH_XATTR.decode(), b"pull" if pull else b"push")
-    return int(read_status(mountpoint)["flush_requested"])
+    return int(read_progress(mountpoint)["flush_requested"])

@@ -116,7 +116,8 @@ async def _serve(options: MountOptions, mountpoint: Path, cache_dir: Path,
             sync = SyncTask(meta, cache, remote, upload_delay=options.upload_delay,
                             poll_interval=options.poll_interval)
             control = Control(sync.flush, lambda: _status(sync, gateway, mountpoint,
-                                                          cache_dir, cache))
+                                                          cache_dir, cache),
+                              lambda: sync.uploaded_bytes)
             operations = Operations(meta, cache, sync, control, nursery)
             try:
                 await sync.ensure_loaded(ROOT_INODE)

@@ -30,7 +30,7 @@ from pyfuse3 import FUSEError
 from safefs.client import GatewayError
 from safefs.fs import DIR_TAG, NAME_MAX, SAFE_XATTR_PREFIX
 from safefs.fs.cache import FileCache
-from safefs.fs.ctrl import CTRL_NAME, FLUSH_XATTR, STATUS_XATTR, Control
+from safefs.fs.ctrl import CTRL_NAME, FLUSH_XATTR, PROGRESS_XATTR, STATUS_XATTR, Control
 from safefs.fs.dirrecord import XATTR_VALUE_MAX, Ref
 from safefs.fs.meta import CTRL_INODE, ROOT_INODE, DirState, Inode, Metadata, NoSuchEntry
 from safefs.fs.sync import SyncTask
@@ -501,6 +501,8 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                        ctx: pyfuse3.RequestContext) -> bytes:
         if inode == CTRL_INODE:
+            if name == PROGRESS_XATTR:
+                return self.control.progress()
             if name != STATUS_XATTR:
                 raise FUSEError(pyfuse3.ENOATTR)
             return self.control.status()
