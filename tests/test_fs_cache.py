@@ -165,6 +165,62 @@ async def test_small_files_live_in_the_database(meta: Metadata, tmp_path: Path) 
         assert meta.small_content(inode) is None and cache.small_content(inode) is None
 
 
+async def test_packed_small_files_keep_their_row_until_evicted(meta: Metadata,
+                                                               tmp_path: Path) -> None:
+    """A small file uploaded in a pack keeps its database row as its cached copy (no cache
+    file): counted in the usage, evicted least recently used first like a block, then read
+    from the gateway; a row that becomes dirty is never evicted."""
+    uploaded: dict[bytes, bytes] = {}
+    fetched: list[bytes] = []
+
+    async def fetch(ref: int, data: bytes, start: int, end: int) -> bytes:
+        assert ref == Ref.PACKED
+        fetched.append(data)
+        return uploaded[data][start:end]
+
+    size = 10_000
+    files = tmp_path / "files"
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, files, 3 * size, fetch, nursery)
+        contents = {}
+        for n in range(5):
+            inode = meta.create(ROOT_INODE, b"f%d" % n, stat.S_IFREG | 0o644, 0, 0).id
+            contents[inode] = bytes([n]) * size
+            await cache.write(inode, 0, contents[inode])
+            uploaded[b"pack %d" % n] = contents[inode]
+            ino = meta.get(inode)
+            assert meta.mark_uploaded(inode, ino.generation, Ref.PACKED, b"pack %d" % n, size,
+                                      0, in_cache_file=False)
+            cache.uploaded(inode)
+        first, *_, last = contents
+        assert cache.usage <= 3 * size and list(files.iterdir()) == []
+        assert meta.small_content(first) is None  # evicted: the oldest
+        assert meta.small_content(last) == contents[last]
+        assert await cache.read(last, 0, size) == contents[last] and fetched == []
+        assert await cache.read(first, 0, size) == contents[first]
+        assert fetched == [b"pack 0"]
+        # A write makes a row dirty: out of the usage, and kept whatever the pressure.
+        kept = last  # the most recently used: still a row
+        assert meta.small_content(kept) == contents[kept]
+        usage = cache.usage
+        await cache.write(kept, 0, b"changed")
+        assert cache.usage == usage - size
+        for n in range(5, 9):
+            inode = meta.create(ROOT_INODE, b"f%d" % n, stat.S_IFREG | 0o644, 0, 0).id
+            await cache.write(inode, 0, bytes(size))
+            ino = meta.get(inode)
+            assert meta.mark_uploaded(inode, ino.generation, Ref.PACKED, b"p", size, 0,
+                                      in_cache_file=False)
+            cache.uploaded(inode)
+        assert meta.small_content(kept) == b"changed" + contents[kept][7:]
+    meta.close()
+    # After a restart the clean rows count again, and are evicted first when space is short.
+    meta = Metadata(tmp_path / "meta.sqlite", (0, 0))
+    async with trio.open_nursery() as nursery:
+        cache = FileCache(meta, files, 3 * size, fetch, nursery)
+        assert cache.usage == sum(size for inode, size in meta.clean_small_files()) > 0
+
+
 async def test_small_file_content_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "meta.sqlite"
     meta = Metadata(path, (0, 0))

@@ -1,9 +1,10 @@
 """The write-back cache: the plaintext content of files, one sparse cache file per inode.
 
-Small files (up to ``SMALL_FILE_MAX``) without a cache file keep their changed content in the
-metadata database instead (``small_files``), and a clean one that travels inline in its
-directory's record is read from that inline copy: no cache file is created or deleted for them.
-A small file that grows moves into a cache file and stays there.
+Small files (up to ``SMALL_FILE_MAX``) without a cache file keep their content in the metadata
+database instead (``small_files``); once uploaded, one that travels inline in its directory's
+record is read from that inline copy, and one in a pack keeps its row as its cached copy (evicted
+like a block): no cache file is created or deleted for them. A small file that grows moves into
+a cache file and stays there.
 
 A cache file always has the file's current size. Its bytes are valid except in blocks below the
 inode's ``fetch_limit`` that ``cache_blocks`` does not list: those are fetched from the last
@@ -52,14 +53,17 @@ READ_AHEAD_BLOCKS = 8
 FETCH_CONNECTIONS = 4
 #: The smallest cache worth mounting with: a few blocks per concurrent reader.
 MIN_CACHE_SIZE = 64 * BLOCK_SIZE
+#: The LRU's stand-in block number for a clean small file's content in the database.
+IN_DATABASE = -1
 
 
 class FileCache:
     """Cache files of one mount.
 
     :limit: bytes of cache the eviction aims to stay under.
-    :usage: bytes allocated by all cache files now.
-    :lru: cached blocks of clean files, least recently used first: what eviction may drop.
+    :usage: bytes allocated by all cache files now, and held by clean small files' rows.
+    :lru: cached blocks of clean files (``IN_DATABASE`` for a small file's row), least recently
+        used first: what eviction may drop.
     """
 
     def __init__(self, meta: Metadata, directory: Path, limit: int, fetch: Fetch,
@@ -76,6 +80,7 @@ class FileCache:
         self._over_limit = False
         self._new_files = False  # cache files created since the directory was last fsynced
         self._allocated: dict[int, int] = {}  # inodes that have a cache file: its bytes on disk
+        self._clean_rows: dict[int, int] = {}  # clean small files in the database: their size
         self.usage = 0
         self.lru: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._lru_by_inode: dict[int, set[int]] = {}
@@ -88,6 +93,8 @@ class FileCache:
         self.usage = sum(self._allocated.values())
         for inode, block in meta.clean_cached_blocks():
             self._lru_add(inode, block)
+        for inode, size in meta.clean_small_files():
+            self._lru_add_row(inode, size)
 
     def close(self) -> None:
         while self._fds:
@@ -149,6 +156,7 @@ class FileCache:
         if not self._is_small(ino):
             return
         content = self._small_content(ino)
+        self._lru_discard_inode(inode)
         fd = self._fd(inode)
         os.pwrite(fd, content, 0)
         self.meta.small_to_cache_file(inode)
@@ -163,6 +171,7 @@ class FileCache:
         if offset > len(content):
             content.extend(bytes(offset - len(content)))
         content[offset:end] = data
+        self._lru_discard_inode(ino.id)  # dirty from here on
         self.meta.write_small(ino.id, bytes(content))
         return True
 
@@ -309,6 +318,7 @@ class FileCache:
         ino = self.meta.get(inode)
         if self._is_small(ino):
             if size <= SMALL_FILE_MAX:
+                self._lru_discard_inode(inode)
                 self.meta.write_small(inode, self._small_content(ino)[:size].ljust(size, b"\0"))
                 return
             self.to_cache_file(inode)
@@ -353,9 +363,12 @@ class FileCache:
         self.drop(inode)
 
     def uploaded(self, inode: int) -> None:
-        """The file is clean now: its blocks may be evicted from here on."""
+        """The file is clean now: its blocks (or its row) may be evicted from here on."""
         for block in self.meta.cached_blocks(inode):
             self._lru_add(inode, block)
+        ino = self.meta.get(inode)
+        if ino.data_ref in (Ref.DATA_ID, Ref.PACKED) and self._is_small(ino):
+            self._lru_add_row(inode, ino.size)
         self._evict()
 
     def open_for_upload(self, inode: int) -> int:
@@ -370,9 +383,15 @@ class FileCache:
         self.lru.move_to_end((inode, block))
         self._lru_by_inode.setdefault(inode, set()).add(block)
 
+    def _lru_add_row(self, inode: int, size: int) -> None:
+        self.usage += size - self._clean_rows.get(inode, 0)
+        self._clean_rows[inode] = size
+        self._lru_add(inode, IN_DATABASE)
+
     def _lru_discard_inode(self, inode: int) -> None:
         for block in self._lru_by_inode.pop(inode, ()):
             self.lru.pop((inode, block), None)
+        self.usage -= self._clean_rows.pop(inode, 0)
 
     def _evict(self) -> None:
         """Drop least recently used clean blocks until the cache fits its limit again."""
@@ -387,6 +406,10 @@ class FileCache:
                 self.lru[(inode, block)] = None  # in use: look at it again later
                 continue
             self._lru_by_inode.get(inode, set()).discard(block)
+            if block == IN_DATABASE:
+                self.meta.evict_small(inode)
+                self.usage -= self._clean_rows.pop(inode, 0)
+                continue
             fd = self._fd(inode)
             try:
                 osutil.punch_hole(fd, block * BLOCK_SIZE, BLOCK_SIZE)

@@ -599,21 +599,23 @@ class Metadata:
         """Record a finished upload of the content at ``generation``; False if the file changed
         meanwhile (it stays dirty and is uploaded again later).
 
-        The uploaded content is cached: in the cache file, or else (a small file uploaded inline)
-        as the inline ``data`` itself, which takes over from its ``small_files`` row."""
+        The uploaded content is cached: in the cache file, or else (a small file) in its
+        ``small_files`` row, or for one uploaded inline as the inline ``data`` itself, which
+        takes over from the row."""
+        kept_row = not in_cache_file and ref != Ref.INLINE
         with self.transaction():
             updated = self.db.execute(
                 "UPDATE inodes SET synced_gen=?, data_ref=?, data=?, data_size=?,"
                 " data_mtime_ns=?, fetch_limit=? WHERE id=? AND generation=?",
-                (generation, ref, data, size, mtime_ns, size, inode, generation)).rowcount
+                (generation, ref, data, size, mtime_ns, 0 if kept_row else size, inode,
+                 generation)).rowcount
             if updated:
                 self.db.execute("DELETE FROM cache_blocks WHERE inode=?", (inode,))
                 if in_cache_file:
                     self.db.executemany(
                         "INSERT INTO cache_blocks (inode, block) VALUES (?, ?)",
                         ((inode, block) for block in range(blocks_in(size))))
-                else:
-                    assert ref == Ref.INLINE
+                elif not kept_row:
                     self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
                 self._entry_changed(inode)
         if updated:
@@ -857,6 +859,7 @@ class Metadata:
                 (entry.size, entry.ref, entry.data, entry.size, entry.mtime_ns, entry.size,
                  ino.id))
             self.db.execute("DELETE FROM cache_blocks WHERE inode=?", (ino.id,))
+            self.db.execute("DELETE FROM small_files WHERE inode=?", (ino.id,))
         self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino.id,))
         self.db.executemany("INSERT INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
                             ((ino.id, key, value) for key, value in entry.xattrs))
@@ -881,6 +884,25 @@ class Metadata:
             self.db.execute("INSERT OR REPLACE INTO small_files (inode, content) VALUES (?, ?)",
                             (inode, content))
             self.content_changed(inode, len(content))
+
+    def clean_small_files(self) -> Iterator[tuple[int, int]]:
+        """(inode, size) of every clean small file whose content is a row here and also at the
+        gateway as ImmutableData: what eviction may drop."""
+        yield from self.db.execute(
+            "SELECT inode, length(content) FROM small_files JOIN inodes ON id = inode"
+            " WHERE generation = synced_gen AND data_ref IN (?, ?)",
+            (Ref.DATA_ID, Ref.PACKED))
+
+    def evict_small(self, inode: int) -> bool:
+        """Drop a clean small file's row: its content is fetched from the gateway when used
+        (False, and nothing dropped, if the file is dirty or has no uploaded content)."""
+        with self.transaction():
+            evicted = self.db.execute(
+                "UPDATE inodes SET fetch_limit=size WHERE id=? AND generation=synced_gen"
+                " AND data_ref IN (?, ?)", (inode, Ref.DATA_ID, Ref.PACKED)).rowcount
+            if evicted:
+                self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
+        return bool(evicted)
 
     def small_to_cache_file(self, inode: int) -> None:
         """The file's whole content is in its cache file now: the row and the inline source go."""

@@ -106,6 +106,7 @@ class PackItem:
     generation: int
     mtime_ns: int
     content: bytes
+    in_database: bool = False  # a small file's row (else a cache file) holds the content
 
 
 class SyncTask:
@@ -413,6 +414,8 @@ class SyncTask:
             self.meta.inline_bytes(where[0], besides=inode) + size <= INLINE_BUDGET
         small = self.cache.small_content(inode)
         if small is not None and not inline:
+            if packable:  # the row stays, as the cached copy of the packed content
+                return PackItem(inode, generation, mtime_ns, small, in_database=True)
             self.cache.to_cache_file(inode)  # uploaded as ImmutableData: cached as such
             small = None
         if small is not None:
@@ -451,7 +454,8 @@ class SyncTask:
         for item in items:
             try:
                 self._uploaded(item.inode, item.generation, Ref.PACKED,
-                               packed_ref(offset, pack), len(item.content), item.mtime_ns)
+                               packed_ref(offset, pack), len(item.content), item.mtime_ns,
+                               in_cache_file=not item.in_database)
             except FileChanged:
                 log.debug("inode %d changed during its upload; later", item.inode)
             offset += len(item.content)
