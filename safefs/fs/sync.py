@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 UPLOAD_CONNECTIONS = 8
 #: Uploads of files above one piece at once: each holds a few pieces in memory.
 LARGE_UPLOADS = 2
-PUBLISH_CONNECTIONS = 8
+#: Directory records published at once: the store commits record writes arriving together in
+#: one transaction after one flush, so more at a time cost fewer syncs each.
+PUBLISH_CONNECTIONS = 16
 UPLOAD_PIECE = 4 * 1024 * 1024
 #: Files up to this size that are not inlined travel in packs (one ImmutableData for many
 #: files: six requests per pack instead of six per file) of up to ``PACK_MAX`` bytes.
