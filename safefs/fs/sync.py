@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -59,7 +60,10 @@ UPLOAD_PIECE = 4 * 1024 * 1024
 #: Files up to this size that are not inlined travel in packs (one ImmutableData for many
 #: files: six requests per pack instead of six per file) of up to ``PACK_MAX`` bytes.
 PACK_FILE_MAX = 1024 * 1024
-PACK_MAX = 8 * 1024 * 1024
+PACK_MAX = 4 * 1024 * 1024
+#: Packs prepared and sent at once: one is read while another goes up, and the gateway
+#: encrypts two at once on two cores.
+PACKS_AT_ONCE = 2
 #: A file written from its start, in order, goes up while it is being written once it holds
 #: this much: a large copy is mostly uploaded by the time it is closed.
 STREAM_MIN = 4 * UPLOAD_PIECE
@@ -306,9 +310,14 @@ class SyncTask:
 
     async def _cycle(self, force: bool) -> None:
         files = self._due(self.meta.file_changes, self.upload_delay, force)
+        _t0 = time.monotonic()
         if files:
             await self._upload_all(files)
+        _t1 = time.monotonic()
+        _n = len([d for d in self._due(self.meta.dir_changes, self.dir_delay, force)])
         await self._publish_due(force)
+        if force:
+            log.warning("TIMING files %d (%d bytes) upload %.3f dirs %d publish %.3f", len(files), sum(self.meta.get(i).size for i in files if self.meta.exists(i)), _t1 - _t0, _n, time.monotonic() - _t1)
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
         self.last_error = ""
@@ -368,24 +377,11 @@ class SyncTask:
     # -- uploads --------------------------------------------------------------------------------
 
     async def _upload_all(self, files: list[int]) -> None:
-        """Upload files: large ones each through a writer, several at once; the others in
-        batches of about ``PACK_MAX`` bytes, whose small files not inlined travel as one pack
-        (and only one batch is in memory at a time)."""
-        items: list[PackItem] = []
-
-        async def upload(inode: int) -> None:
-            try:
-                item = await self.upload(inode, packable=True)
-            except (FileChanged, NoSuchEntry):
-                log.debug("inode %d changed during its upload; later", inode)
-            else:
-                if item is not None:
-                    items.append(item)
-
+        """Upload files: large ones each through a writer, several at once; meanwhile the
+        others in batches of about ``PACK_MAX`` bytes, whose small files not inlined travel as
+        one pack, ``PACKS_AT_ONCE`` batches at a time (each holds its contents in memory)."""
         sizes = {inode: self.meta.get(inode).size for inode in files}
         large = [inode for inode in files if sizes[inode] > PACK_FILE_MAX]
-        await run_all(upload, large, UPLOAD_CONNECTIONS)
-        self.meta.commit()  # what the gateway now holds is not forgotten after a kill -9
         batches: list[list[int]] = [[]]
         batch_size = 0
         for inode in sorted(set(files) - set(large)):
@@ -394,12 +390,32 @@ class SyncTask:
                 batch_size = 0
             batches[-1].append(inode)
             batch_size += sizes[inode]
-        for batch in batches:
-            await run_all(upload, batch, UPLOAD_CONNECTIONS)
+
+        async def upload(inode: int, items: list[PackItem] | None = None) -> None:
+            try:
+                item = await self.upload(inode, packable=True)
+            except (FileChanged, NoSuchEntry):
+                log.debug("inode %d changed during its upload; later", inode)
+            else:
+                if item is not None and items is not None:
+                    items.append(item)
+
+        async def upload_batch(batch: list[int]) -> None:
+            items: list[PackItem] = []
+            await run_all(partial(upload, items=items), batch, UPLOAD_CONNECTIONS)
             if items:
                 await self._upload_pack(items)
-                items.clear()
-            self.meta.commit()
+
+        async def upload_large() -> None:
+            await run_all(upload, large, UPLOAD_CONNECTIONS)
+
+        async def upload_batches() -> None:
+            await run_all(upload_batch, batches, PACKS_AT_ONCE)
+
+        try:
+            await run_all(lambda work: work(), [upload_large, upload_batches])
+        finally:
+            self.meta.commit()  # what the gateway now holds is not forgotten after a kill -9
 
     async def upload(self, inode: int, packable: bool = False) -> PackItem | None:
         """Upload a file's current content (if it does not change meanwhile). With
