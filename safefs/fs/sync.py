@@ -310,14 +310,9 @@ class SyncTask:
 
     async def _cycle(self, force: bool) -> None:
         files = self._due(self.meta.file_changes, self.upload_delay, force)
-        _t0 = time.monotonic()
         if files:
             await self._upload_all(files)
-        _t1 = time.monotonic()
-        _n = len([d for d in self._due(self.meta.dir_changes, self.dir_delay, force)])
         await self._publish_due(force)
-        if force:
-            log.warning("TIMING files %d (%d bytes) upload %.3f dirs %d publish %.3f", len(files), sum(self.meta.get(i).size for i in files if self.meta.exists(i)), _t1 - _t0, _n, time.monotonic() - _t1)
         if time.monotonic() >= self._next_poll:
             await self._poll(everything=False)
         self.last_error = ""
