@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,10 +59,7 @@ UPLOAD_PIECE = 4 * 1024 * 1024
 #: Files up to this size that are not inlined travel in packs (one ImmutableData for many
 #: files: six requests per pack instead of six per file) of up to ``PACK_MAX`` bytes.
 PACK_FILE_MAX = 1024 * 1024
-PACK_MAX = 4 * 1024 * 1024
-#: Packs prepared and sent at once: one is read while another goes up, and the gateway
-#: encrypts two at once on two cores.
-PACKS_AT_ONCE = 2
+PACK_MAX = 8 * 1024 * 1024
 #: A file written from its start, in order, goes up while it is being written once it holds
 #: this much: a large copy is mostly uploaded by the time it is closed.
 STREAM_MIN = 4 * UPLOAD_PIECE
@@ -372,11 +368,24 @@ class SyncTask:
     # -- uploads --------------------------------------------------------------------------------
 
     async def _upload_all(self, files: list[int]) -> None:
-        """Upload files: large ones each through a writer, several at once; meanwhile the
-        others in batches of about ``PACK_MAX`` bytes, whose small files not inlined travel as
-        one pack, ``PACKS_AT_ONCE`` batches at a time (each holds its contents in memory)."""
+        """Upload files: large ones each through a writer, several at once; the others in
+        batches of about ``PACK_MAX`` bytes, whose small files not inlined travel as one pack
+        (and only one batch is in memory at a time)."""
+        items: list[PackItem] = []
+
+        async def upload(inode: int) -> None:
+            try:
+                item = await self.upload(inode, packable=True)
+            except (FileChanged, NoSuchEntry):
+                log.debug("inode %d changed during its upload; later", inode)
+            else:
+                if item is not None:
+                    items.append(item)
+
         sizes = {inode: self.meta.get(inode).size for inode in files}
         large = [inode for inode in files if sizes[inode] > PACK_FILE_MAX]
+        await run_all(upload, large, UPLOAD_CONNECTIONS)
+        self.meta.commit()  # what the gateway now holds is not forgotten after a kill -9
         batches: list[list[int]] = [[]]
         batch_size = 0
         for inode in sorted(set(files) - set(large)):
@@ -385,32 +394,12 @@ class SyncTask:
                 batch_size = 0
             batches[-1].append(inode)
             batch_size += sizes[inode]
-
-        async def upload(inode: int, items: list[PackItem] | None = None) -> None:
-            try:
-                item = await self.upload(inode, packable=True)
-            except (FileChanged, NoSuchEntry):
-                log.debug("inode %d changed during its upload; later", inode)
-            else:
-                if item is not None and items is not None:
-                    items.append(item)
-
-        async def upload_batch(batch: list[int]) -> None:
-            items: list[PackItem] = []
-            await run_all(partial(upload, items=items), batch, UPLOAD_CONNECTIONS)
+        for batch in batches:
+            await run_all(upload, batch, UPLOAD_CONNECTIONS)
             if items:
                 await self._upload_pack(items)
-
-        async def upload_large() -> None:
-            await run_all(upload, large, UPLOAD_CONNECTIONS)
-
-        async def upload_batches() -> None:
-            await run_all(upload_batch, batches, PACKS_AT_ONCE)
-
-        try:
-            await run_all(lambda work: work(), [upload_large, upload_batches])
-        finally:
-            self.meta.commit()  # what the gateway now holds is not forgotten after a kill -9
+                items.clear()
+            self.meta.commit()
 
     async def upload(self, inode: int, packable: bool = False) -> PackItem | None:
         """Upload a file's current content (if it does not change meanwhile). With
