@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -306,7 +307,9 @@ class SyncTask:
 
     async def _cycle(self, force: bool) -> None:
         files = self._due(self.meta.file_changes, self.upload_delay, force)
-        if files:
+        if force and files:
+            await self._upload_and_publish(files)
+        elif files:
             await self._upload_all(files)
         await self._publish_due(force)
         if time.monotonic() >= self._next_poll:
@@ -315,20 +318,49 @@ class SyncTask:
         if not self.meta.file_changes and not self.meta.dir_changes:
             self.last_sync = time.time()
 
-    async def _publish_due(self, force: bool) -> None:
-        """Publish the due directories (and those that became due meanwhile) once each."""
+    async def _upload_and_publish(self, files: list[int]) -> None:
+        """A flush: upload files and meanwhile publish the directories, each once the files in
+        it are done (uploaded, or found changed): the first directories go up while the last
+        packs do."""
+        parents = {inode: where[0] for inode in files
+                   if (where := self.meta.name_of(inode)) is not None}
+        waiting = Counter(parents.values())
+        uploaded = {directory: trio.Event() for directory in waiting}
+
+        def finished(inode: int) -> None:
+            directory = parents.pop(inode, None)
+            if directory is not None:
+                waiting[directory] -= 1
+                if not waiting[directory]:
+                    uploaded[directory].set()
+
+        async def upload() -> None:
+            try:
+                await self._upload_all(files, finished)
+            finally:  # failed uploads keep their files dirty; the records go up without them
+                for event in uploaded.values():
+                    event.set()
+
+        await run_all(lambda work: work(),
+                      [upload, partial(self._publish_due, True, uploaded)])
+
+    async def _publish_due(self, force: bool,
+                           uploaded: dict[int, trio.Event] | None = None) -> None:
+        """Publish the due directories (and those that became due meanwhile) once each; one in
+        ``uploaded`` waits for its event."""
         published: set[int] = set()
         while due := [directory for directory in self._due(self.meta.dir_changes,
                                                            self.dir_delay, force)
                       if directory not in published]:
-            await self._publish_together(due)
+            await self._publish_together(due, uploaded or {})
             published.update(due)
 
-    async def _publish_together(self, directories: list[int]) -> None:
+    async def _publish_together(self, directories: list[int],
+                                uploaded: dict[int, trio.Event]) -> None:
         """Publish directories, ``PUBLISH_CONNECTIONS`` at once. A parent may only name child
         records that exist, so a directory waits for those of its new subdirectories that are
         in the list (publishing one makes the parent pending again); the others wait for
-        nothing."""
+        nothing but their files' uploads (``uploaded``)."""
         done = {directory: trio.Event() for directory in directories}
         new_children: dict[int, list[int]] = {}
         for directory in directories:
@@ -340,6 +372,8 @@ class SyncTask:
 
         async def publish(directory: int) -> None:
             try:
+                if directory in uploaded:
+                    await uploaded[directory].wait()
                 for child in new_children.get(directory, ()):
                     await done[child].wait()
                 async with connections:
@@ -367,10 +401,12 @@ class SyncTask:
 
     # -- uploads --------------------------------------------------------------------------------
 
-    async def _upload_all(self, files: list[int]) -> None:
+    async def _upload_all(self, files: list[int],
+                          finished: Callable[[int], None] = lambda inode: None) -> None:
         """Upload files: large ones each through a writer, several at once; the others in
         batches of about ``PACK_MAX`` bytes, whose small files not inlined travel as one pack
-        (and only one batch is in memory at a time)."""
+        (and only one batch is in memory at a time). ``finished(inode)`` once a file is done
+        (uploaded, or found changed and left for later)."""
         items: list[PackItem] = []
 
         async def upload(inode: int) -> None:
@@ -378,8 +414,11 @@ class SyncTask:
                 item = await self.upload(inode, packable=True)
             except (FileChanged, NoSuchEntry):
                 log.debug("inode %d changed during its upload; later", inode)
+                finished(inode)
             else:
-                if item is not None:
+                if item is None:
+                    finished(inode)
+                else:
                     items.append(item)
 
         sizes = {inode: self.meta.get(inode).size for inode in files}
@@ -398,6 +437,8 @@ class SyncTask:
             await run_all(upload, batch, UPLOAD_CONNECTIONS)
             if items:
                 await self._upload_pack(items)
+                for item in items:
+                    finished(item.inode)
                 items.clear()
             self.meta.commit()
 
