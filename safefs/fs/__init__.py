@@ -21,8 +21,6 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import trio
-
 T = TypeVar("T")
 
 #: StructuredData type tag of directory records (versioned: every version stays readable).
@@ -62,6 +60,8 @@ async def run_all(work: Callable[[T], Awaitable[object]], items: list[T],
                   limit: int | None = None) -> None:
     """Run ``work`` on every item concurrently (``limit`` at a time); once all have finished,
     raise the first failure as itself, so callers catch plain exceptions, not groups."""
+    import trio  # here: ``safefs sync`` and ``status`` import this package, not trio
+
     limiter = trio.CapacityLimiter(limit or max(len(items), 1))
     failures: list[Exception] = []
 
