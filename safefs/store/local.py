@@ -5,10 +5,9 @@ specified in docs/FORMAT.md §4; the short version:
 
 - a chunk is written to ``tmp/``; at the next flush (a group commit shared by every put since
   the last one) the file system is synced, every pending chunk hard-linked to
-  ``chunks/ab/abcd...``, and the directories that gained names synced, so a crash leaves
-  either the whole chunk under its name or nothing (a leftover in ``tmp/``, removed at a later
-  open). One sync and a directory fsync per flush instead of two syncs per chunk: an untar of
-  small files writes thousands of chunks;
+  ``chunks/ab/abcd...``, and the file system synced again, so a crash leaves either the whole
+  chunk under its name or nothing (a leftover in ``tmp/``, removed at a later open). Two syncs
+  per flush instead of two per chunk: an untar of small files writes thousands of chunks;
 - records live in ``records.sqlite`` (WAL, ``synchronous=FULL``); every read-compare-write runs in
   ``BEGIN IMMEDIATE``, so threads and processes sharing the directory serialise their writes;
   the writes of threads that arrive together share one transaction (one commit, one fsync).
@@ -269,11 +268,7 @@ class LocalStore(Store):
                     os.replace(temp, path)
                 elif _link_new(temp, path):
                     self._count_new_chunk(os.stat(path).st_size)
-            # The names: an fsync of each directory that gained one (a journal commit, which
-            # the first one does for all), not a second syncfs, which would write out again
-            # whatever other processes dirtied on the same filesystem meanwhile.
-            for directory in sorted(directories):
-                _fsync_dir(directory)
+            _sync_files(self._chunks_dir, [], sorted(directories))
         except OSError as exc:
             raise _os_error(exc, "storing chunks") from exc
         with self._pending_lock:
@@ -586,9 +581,9 @@ class _Write:
     done: bool = False
 
 
-def _sync_files(directory: str, files: list[str]) -> None:
-    """Make ``files`` durable: one ``syncfs`` of the file system that holds ``directory`` where
-    the system has it, else an fsync of each."""
+def _sync_files(directory: str, files: list[str], directories: list[str] = ()) -> None:
+    """Make ``files`` and ``directories`` durable: one ``syncfs`` of the file system that holds
+    ``directory`` where the system has it, else an fsync of each."""
     if osutil.HAVE_SYNCFS:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -602,6 +597,8 @@ def _sync_files(directory: str, files: list[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    for path in directories:
+        _fsync_dir(path)
 
 
 def _read(path: str) -> bytes:
