@@ -127,6 +127,10 @@ class Settings:
             )
 
 
+#: Inputs up to this size are encrypted in the caller's thread: starting a pool of threads
+#: cost more than encrypting a directory record.
+SERIAL_INPUT_MAX = 1024 * 1024
+
 # Chunk names equal the reference implementation's for data where C and Rust brotli agree.
 REFERENCE_SETTINGS = Settings(REFERENCE_COMPRESSION_QUALITY, REFERENCE_MAX_CHUNK_SIZE)
 # Quality 3: on the 2-core target, quality 6 encrypts text at ~100 MiB/s, quality 3 at ~2.5x that
@@ -435,6 +439,26 @@ def _encrypt_level(
     def encrypt(index: int, plain: Any) -> None:
         seal_and_put(index, compress(plain, quality))
 
+    if threads == 1 or size <= SERIAL_INPUT_MAX:
+        # Small input (a directory record, a map): every chunk at hand, no pool to start.
+        plains = []
+        for chunk_size in sizes:
+            plains.append(_read_exactly(read, chunk_size))
+            src.append(_hash(plains[-1]))
+        for index, plain in enumerate(plains):
+            encrypt(index, plain)
+    else:
+        _encrypt_in_pool(sizes, read, src, encrypt, seal_and_put, quality, threads)
+    return DataMap(
+        tuple(ChunkInfo(i, dst[i], src[i], n) for i, n in enumerate(sizes)), level or None
+    )
+
+
+def _encrypt_in_pool(sizes: list[int], read: Callable[[int], Any], src: list[bytes],
+                     encrypt: Callable[[int, Any], None],
+                     seal_and_put: Callable[[int, bytes], None], quality: int,
+                     threads: int) -> None:
+    """The chunks of one level on ``threads`` workers, reading ahead of them."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="selfenc")
     in_flight: deque[Future[Any]] = deque()
     heads: list[Future[bytes]] = []
@@ -456,9 +480,6 @@ def _encrypt_level(
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return DataMap(
-        tuple(ChunkInfo(i, dst[i], src[i], n) for i, n in enumerate(sizes)), level or None
-    )
 
 
 def _shrink(
