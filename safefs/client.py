@@ -563,20 +563,30 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _segments(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroup a byte stream into segments of ``size`` bytes (the last may be shorter); pieces
-    that already have the right size are passed on without a copy."""
-    pieces: list[bytes] = []
+    """Regroup a byte stream into segments of ``size`` bytes (the last may be shorter), with
+    one copy at most: pieces that already have the right size are passed on as they are, the
+    others are cut through memoryviews and joined once."""
+    pieces: list[memoryview] = []
     held = 0
     async for chunk in chunks:
-        pieces.append(chunk)
-        held += len(chunk)
-        while held >= size:
-            joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            rest = joined[size:]
-            yield joined[:size] if rest else joined
-            pieces, held = ([rest], len(rest)) if rest else ([], 0)
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), size - held)
+            pieces.append(view[:take])
+            view = view[take:]
+            held += take
+            if held == size:
+                yield _joined(pieces)
+                pieces, held = [], 0
     if held:
-        yield b"".join(pieces)
+        yield _joined(pieces)
+
+
+def _joined(pieces: list[memoryview]) -> bytes:
+    if len(pieces) == 1 and isinstance(pieces[0].obj, bytes) and \
+            len(pieces[0]) == len(pieces[0].obj):
+        return pieces[0].obj  # a whole piece as it came
+    return b"".join(pieces)
 
 
 @asynccontextmanager
