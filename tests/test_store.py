@@ -471,7 +471,7 @@ def test_record_writes_share_transactions(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.create_record(b"shared", 0, b"v0")
     transactions = []
-    real_transaction = store._record_writes._transaction
+    real_transaction = store._transaction
 
     @contextmanager
     def slow_transaction() -> Iterator[sqlite3.Connection]:
@@ -480,7 +480,7 @@ def test_record_writes_share_transactions(tmp_path: Path) -> None:
             yield db
             time.sleep(0.02)  # the commit's fsync, longer: writers queue meanwhile
 
-    store._record_writes._transaction = slow_transaction
+    store._transaction = slow_transaction
 
     def write(index: int) -> int | str:
         if index % 4 == 0:  # all expect version 0 of one record: exactly one may win
@@ -509,7 +509,7 @@ def test_failed_shared_commit_fails_every_write(tmp_path: Path) -> None:
     """When the commit of a shared transaction fails, every write in it reports the failure
     and none is stored; the next writes go through."""
     store = LocalStore(tmp_path)
-    real_transaction = store._record_writes._transaction
+    real_transaction = store._transaction
 
     @contextmanager
     def full_at_commit() -> Iterator[sqlite3.Connection]:
@@ -517,7 +517,7 @@ def test_failed_shared_commit_fails_every_write(tmp_path: Path) -> None:
             yield db
             raise sqlite3.OperationalError("database or disk is full")
 
-    store._record_writes._transaction = full_at_commit
+    store._transaction = full_at_commit
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(store.create_record, b"key %d" % index, 0, b"v")
                    for index in range(16)]
@@ -525,7 +525,7 @@ def test_failed_shared_commit_fails_every_write(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="disk is full"):
             future.result()
     assert all(store.record_versions(b"key %d" % index) == [] for index in range(16))
-    store._record_writes._transaction = real_transaction
+    store._transaction = real_transaction
     store.create_record(b"key 0", 0, b"v")
     assert store.stats().record_count == 1
     store.close()

@@ -27,10 +27,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from safefs import osutil
 
@@ -48,8 +48,6 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SCHEME = "file"
 
@@ -120,8 +118,10 @@ class LocalStore(Store):
         self._pending: dict[str, str] = {}
         self._pending_lock = threading.Lock()
         self._fanout_dirs: set[str] = set()  # chunks/xx directories known to exist
-        self._group_commit = GroupCommit(self._publish_pending)
-        self._record_writes = WriteBatches(self._transaction)
+        # Group commits: one flush for every put before it, one transaction for the record
+        # writes of threads arriving together (one WAL fsync for all of them).
+        self._flushes = Batches(lambda batch: self._publish_pending())
+        self._record_writes = Batches(self._write_records)
         try:
             self._open_layout()
         except BaseException as exc:
@@ -243,7 +243,6 @@ class LocalStore(Store):
                 _remove_quietly(temp)
                 return False
             self._pending[path] = temp
-        self._group_commit.note_write()
         return True
 
     def _get_pending(self, name: bytes) -> str | None:
@@ -251,7 +250,7 @@ class LocalStore(Store):
         return self._pending.get(self._chunk_path(name))
 
     def _flush(self) -> None:
-        self._group_commit.wait()
+        self._flushes.run()
 
     def _publish_pending(self) -> None:
         """Sync, link every pending chunk under its name, sync again (the group commit)."""
@@ -360,6 +359,18 @@ class LocalStore(Store):
             return current + 1
 
         return self._record_writes.run(write)
+
+    def _write_records(self, batch: list[Job]) -> None:
+        """One transaction for a batch of record writes. Each write checks before it changes
+        anything (a refused compare-and-swap raises before its INSERT), so it fails alone; a
+        failing statement or commit fails the whole batch."""
+        with self._transaction() as db:
+            for job in batch:
+                assert job.call is not None
+                try:
+                    job.result = job.call(db)
+                except (RecordExists, RecordNotFound, VersionConflict) as exc:
+                    job.error = exc
 
     def _get_record(self, key: bytes, version: int | None) -> tuple[int, bytes]:
         with self._db() as db:
@@ -481,88 +492,44 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-class GroupCommit:
-    """Run ``flush`` so that every write noted before a :meth:`wait` is covered when it
-    returns, with one flush serving all the threads waiting at the time."""
+class Batches:
+    """Work that threads arriving together share (a group commit): the first thread that finds
+    none running takes every job queued so far and runs ``work`` on the whole batch while the
+    others wait. ``work`` sets each job's result or error; if it raises, every job of the batch
+    fails with that error. A job queued during a batch goes with the next one, so the work it
+    waits for always starts after it was queued."""
 
-    def __init__(self, flush: Callable[[], None]) -> None:
-        self._flush = flush
+    def __init__(self, work: Callable[[list[Job]], None]) -> None:
+        self._work = work
         self._condition = threading.Condition()
-        self._written = 0  # writes noted so far
-        self._covered = 0  # writes covered by the last successful flush
-        self._flushing = False
+        self._queue: list[Job] = []
+        self._running = False
 
-    def note_write(self) -> None:
-        with self._condition:
-            self._written += 1
-
-    def wait(self) -> None:
-        with self._condition:
-            target = self._written
-            while self._covered < target:
-                if self._flushing:
-                    self._condition.wait()
-                    continue
-                self._flushing = True
-                upto = self._written
-                self._condition.release()
-                try:
-                    self._flush()
-                finally:
-                    self._condition.acquire()
-                    self._flushing = False
-                    self._condition.notify_all()
-                self._covered = max(self._covered, upto)
-
-
-
-
-class WriteBatches:
-    """Record writes of concurrent threads in one transaction: one commit (one fsync of the
-    WAL) for all of them instead of one each, as a file system's publishes of many directories
-    at once would otherwise queue for the write lock one fsync at a time.
-
-    A write checks before it changes anything (a refused compare-and-swap raises before its
-    INSERT), so it fails alone; a failing statement or commit fails the whole batch.
-    """
-
-    def __init__(self, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
-                 ) -> None:
-        self._transaction = transaction
-        self._condition = threading.Condition()
-        self._queue: list[_Write] = []
-        self._writing = False
-
-    def run(self, write: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``write`` in a transaction (shared with other threads' writes); its result."""
-        job = _Write(write)
+    def run(self, call: Callable[[Any], Any] | None = None) -> Any:
+        """Queue a job (``call``, given what ``work`` passes it) and return its result."""
+        job = Job(call)
         with self._condition:
             self._queue.append(job)
             while not job.done:
-                if self._writing:
+                if self._running:
                     self._condition.wait()
                     continue
-                self._writing = True
+                self._running = True
                 batch, self._queue = self._queue, []
                 self._condition.release()
                 try:
-                    self._write(batch)
+                    self._run_batch(batch)
                 finally:
                     self._condition.acquire()
-                    self._writing = False
+                    self._running = False
                     self._condition.notify_all()
         if job.error is not None:
             raise job.error
         return job.result
 
-    def _write(self, batch: list[_Write]) -> None:
+    def _run_batch(self, batch: list[Job]) -> None:
         try:
-            with self._transaction() as db:
-                for job in batch:
-                    try:
-                        job.result = job.write(db)
-                    except (RecordExists, RecordNotFound, VersionConflict) as exc:
-                        job.error = exc
+            self._work(batch)
         except BaseException as exc:
             for job in batch:
                 job.error = exc
@@ -574,8 +541,8 @@ class WriteBatches:
 
 
 @dataclass(slots=True)
-class _Write:
-    write: Callable[[sqlite3.Connection], Any]
+class Job:
+    call: Callable[[Any], Any] | None
     result: Any = None
     error: BaseException | None = None
     done: bool = False
