@@ -589,9 +589,7 @@ async def _segments(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[by
 def _write_out(fd: int, data: bytes) -> None:
     """Write all of ``data`` and start writing it to disk: the fsync at the end of a download
     then finds little left to do, the disk having worked while the rest arrived."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    osutil.write_all(fd, data)
     osutil.start_writeback(fd)
 
 

@@ -1,4 +1,5 @@
-"""Linux system calls the ``os`` module lacks, through ctypes (a few lines, no dependency).
+"""Linux system calls the ``os`` module lacks, through ctypes (a few lines, no dependency),
+and :func:`write_all`.
 
 Each is None where the C library does not have it; callers fall back on something portable.
 """
@@ -30,6 +31,13 @@ def syncfs(fd: int) -> None:
     if _syncfs(fd) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def start_writeback(fd: int) -> None:

@@ -36,7 +36,7 @@ import trio
 
 from safefs import osutil
 from safefs.fs import run_all
-from safefs.fs.dirrecord import Ref
+from safefs.fs.dirrecord import AT_GATEWAY, Ref
 from safefs.fs.meta import BLOCK_SIZE, SMALL_FILE_MAX, Inode, Metadata, NoSuchEntry, blocks_in
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class FileCache:
         """Whether the file's content is in the database rather than a cache file: small, no
         cache file, and nothing to fetch from an ImmutableData upload."""
         return ino.size <= SMALL_FILE_MAX and ino.id not in self._allocated and (
-            ino.data_ref not in (Ref.DATA_ID, Ref.PACKED) or ino.fetch_limit == 0)
+            ino.data_ref not in AT_GATEWAY or ino.fetch_limit == 0)
 
     def _small_content(self, ino: Inode) -> bytes:
         content = self.meta.small_content(ino.id)
@@ -367,7 +367,7 @@ class FileCache:
         for block in self.meta.cached_blocks(inode):
             self._lru_add(inode, block)
         ino = self.meta.get(inode)
-        if ino.data_ref in (Ref.DATA_ID, Ref.PACKED) and self._is_small(ino):
+        if ino.data_ref in AT_GATEWAY and self._is_small(ino):
             self._lru_add_row(inode, ino.size)
         self._evict()
 

@@ -60,6 +60,11 @@ class Ref(enum.IntEnum):
     PACKED = 2
 
 
+#: References whose content lives at the gateway as ImmutableData: a local copy of it may be
+#: dropped and fetched again (an inline one is the record's own).
+AT_GATEWAY = (Ref.DATA_ID, Ref.PACKED)
+
+
 PACK_OFFSET = struct.Struct(">Q")
 
 

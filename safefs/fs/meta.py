@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from safefs.fs.dirrecord import Attrs, DirRecord, Entry, Kind, Ref, XAttrs
+from safefs.fs.dirrecord import AT_GATEWAY, Attrs, DirRecord, Entry, Kind, Ref, XAttrs
 from safefs.fs.merge import Local
 
 log = logging.getLogger(__name__)
@@ -891,8 +891,7 @@ class Metadata:
         gateway as ImmutableData: what eviction may drop."""
         yield from self.db.execute(
             "SELECT inode, length(content) FROM small_files JOIN inodes ON id = inode"
-            " WHERE generation = synced_gen AND data_ref IN (?, ?)",
-            (Ref.DATA_ID, Ref.PACKED))
+            " WHERE generation = synced_gen AND data_ref IN (?, ?)", AT_GATEWAY)
 
     def evict_small(self, inode: int) -> bool:
         """Drop a clean small file's row: its content is fetched from the gateway when used
@@ -900,7 +899,7 @@ class Metadata:
         with self.transaction():
             evicted = self.db.execute(
                 "UPDATE inodes SET fetch_limit=size WHERE id=? AND generation=synced_gen"
-                " AND data_ref IN (?, ?)", (inode, Ref.DATA_ID, Ref.PACKED)).rowcount
+                " AND data_ref IN (?, ?)", (inode, *AT_GATEWAY)).rowcount
             if evicted:
                 self.db.execute("DELETE FROM small_files WHERE inode=?", (inode,))
         return bool(evicted)

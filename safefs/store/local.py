@@ -577,9 +577,7 @@ def _write_new(path: str, data: bytes, synced: bool = False) -> None:
     """Create ``path`` (which must not exist) holding ``data``; flushed to disk if ``synced``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        osutil.write_all(fd, data)
         if synced:
             os.fsync(fd)
         elif len(data) >= WRITEBACK_MIN:
