@@ -25,6 +25,7 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 import trio
 
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEGMENT_SIZE = 4 * 1024 * 1024
+
+# httpcore reads a connection at most 64 KiB at a time, and every read goes through h11, httpx
+# and anyio before ``aiter_bytes`` yields it: a 1 GiB download was 16,384 trips. Reading up to
+# 1 MiB when that much is waiting (as the gateway does, safefs/gateway/server.py) makes them a
+# handful per chunk. It is a class attribute, not a setting, hence the assignment.
+RECEIVE_BYTES = 1 << 20
+if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < RECEIVE_BYTES:
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RECEIVE_BYTES
 
 Progress = Callable[[int], None] | None
 

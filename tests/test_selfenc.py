@@ -659,3 +659,54 @@ def test_encryption_hides_the_plaintext():
     _, store = encrypt(data, Settings(0, 4096))
     assert all(b"secret" not in chunk for chunk in store.values())
     assert all(blake3.blake3(chunk).digest() == name for name, chunk in store.items())
+
+
+def fed_by_pieces(data: bytes, quality: int) -> bytes:
+    """The format's definition of a chunk's compression: brotli fed 4096 bytes per call."""
+    compressor = brotli.Compressor(quality=quality)
+    pieces = [compressor.process(data[i : i + 4096]) for i in range(0, len(data), 4096)]
+    return b"".join(pieces) + compressor.finish()
+
+
+@functools.cache
+def compressible_corpus() -> bytes:
+    """Real text and machine code (this test suite and the brotli extension), 1 MiB of each."""
+    text = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+    return (text * (2**20 // len(text) + 1))[: 2**20] + Path(brotli._brotli.__file__).read_bytes()
+
+
+def corpus_sample(kind: str, size: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    if kind == "random":
+        return rng.randbytes(size)
+    if kind == "zeros":
+        return bytes(size)
+    corpus = compressible_corpus()
+    if kind == "mixed":  # runs of text, code, random bytes and zeros
+        parts, held = [], 0
+        while held < size:
+            n = rng.randrange(1, 100_000)
+            start = rng.randrange(len(corpus) - n)
+            part = rng.choice([corpus[start : start + n], rng.randbytes(n), bytes(n)])
+            parts.append(part)
+            held += n
+        return b"".join(parts)[:size]
+    start = rng.randrange(len(corpus) - min(size, len(corpus) // 2))
+    return (corpus[start:] * (size // max(1, len(corpus) - start) + 1))[:size]
+
+
+@pytest.mark.parametrize("quality", range(12))
+def test_compression_equals_the_4096_byte_feed(quality):
+    """``compress`` cuts its input differently after the first block: the bytes must not change,
+    or chunk names would differ between versions and deduplication would break."""
+    block = selfenc.brotli_first_block(quality) or 2**16
+    sizes = [1, 4095, 4097, block - 1, block, block + 1, block + 4096, 3 * block + 5]
+    if quality < 10:
+        sizes += [2**20 + 12_345, selfenc.REFERENCE_MAX_CHUNK_SIZE]
+    else:  # the slowest qualities: around the first block only
+        sizes = [4097, block, block + 4096]
+    for kind in ("text", "mixed", "random", "zeros"):
+        for seed, size in enumerate(sizes):
+            data = corpus_sample(kind, size, seed)
+            assert bytes(selfenc.compress(data, quality)) == fed_by_pieces(data, quality), \
+                (kind, size)
