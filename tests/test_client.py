@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import trio
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from safefs import client as client_module
 from safefs.client import (
@@ -263,21 +260,3 @@ def test_error_classes(status, body, cls, code):
     error = error_from_response(response)
     assert type(error) is cls
     assert (error.status, error.code) == (status, code)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=3000), max_size=8), st.sampled_from([1, 3, 64, 1000]))
-def test_segments_regroup_a_stream_exactly(parts: list[bytes], size: int) -> None:
-    """Uploads and downloads regroup pieces into fixed-size segments: same bytes, every segment
-    but the last of exactly ``size`` bytes, and plain bytes out whatever came in."""
-    async def regroup() -> list[bytes]:
-        async def stream() -> AsyncIterator[bytes]:
-            for part in parts:
-                yield part
-
-        return [segment async for segment in client_module._segments(stream(), size)]
-
-    segments = trio.run(regroup)
-    assert b"".join(segments) == b"".join(parts)
-    assert all(len(segment) == size for segment in segments[:-1])
-    assert all(0 < len(segment) <= size and type(segment) is bytes for segment in segments)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from safefs.errors import SafeError
+from safefs.streams import read_ahead, regroup
 
 from . import apikeys
 from .apikeys import ApiKey, InvalidKeyRequest, KeyStore
@@ -45,13 +45,13 @@ from .blobs import Spool
 from .chaindata import TOKEN_PATTERN, ChainData, Entry
 from .immutable import stream_blob
 from .routing import (
+    BATCH_BYTES,
     Access,
     ApiError,
     Call,
     Routes,
     RunSync,
     StreamedResponse,
-    batched,
     decimal,
     not_valid,
 )
@@ -304,7 +304,7 @@ async def _spool(body: AsyncIterator[bytes], spool: Spool, run_sync: RunSync,
     Stops with the cap error as soon as the data outgrows ``room``.
     """
     size = 0
-    async with aclosing(batched(body)) as batches:
+    async with read_ahead(regroup(body, BATCH_BYTES)) as batches:
         async for batch in batches:
             if limit is not None:
                 batch = batch[:limit - size]

@@ -24,7 +24,6 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
-from contextlib import aclosing
 
 import trio
 from starlette.requests import ClientDisconnect
@@ -33,19 +32,20 @@ from safefs import errors
 from safefs.errors import SafeError
 from safefs.gateway import OFFSET_HEADER
 from safefs.model import DataIdentifier, DataKind
+from safefs.streams import read_ahead, regroup
 
 from . import blobs
 from .core import Gateway, wait_future
 from .handles import Kind
 from .misc import cipher_opts_of
 from .routing import (
+    BATCH_BYTES,
     Access,
     ApiError,
     Call,
     Routes,
     RunSync,
     StreamedResponse,
-    batched,
     decimal,
 )
 
@@ -69,7 +69,8 @@ class Writer:
         before = spool.size
         checkpoint = spool.checkpoint()
         try:
-            async with aclosing(batched(body)) as batches:
+            # The next batch is received while this one is written.
+            async with read_ahead(regroup(body, BATCH_BYTES)) as batches:
                 async for batch in batches:
                     if spool.size - before + len(batch) > length:
                         raise ApiError(400, "Request body is longer than its Content-Length")

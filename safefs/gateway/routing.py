@@ -110,23 +110,9 @@ def b64_field(body: Any, field: str, size: int | None = None) -> bytes:
 
 RunSync = Callable[..., Awaitable[Any]]
 
-# Request bodies arrive in pieces of 64 KiB or less; work on them in batches of this size.
+# Request bodies arrive in pieces of whatever the socket had ready; work on them in pieces of
+# this size (each thread hand-off or spool write moves a useful amount of data).
 BATCH_BYTES = 1024 * 1024
-
-
-async def batched(body: AsyncIterator[bytes], size: int = BATCH_BYTES) -> AsyncIterator[bytes]:
-    """A streamed request body regrouped into pieces of about ``size`` bytes (the last shorter),
-    so that each thread hand-off or file write moves a useful amount of data."""
-    pieces: list[bytes] = []
-    held = 0
-    async for piece in body:
-        pieces.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield b"".join(pieces)
-            pieces, held = [], 0
-    if held:
-        yield b"".join(pieces)
 
 
 def error_json(status: int, code: int, description: str) -> JSONResponse:
