@@ -50,6 +50,10 @@ KDF_CONTEXT = "self_encryption/chunk/v2"
 # stream only when fed the same way (its hasher choice depends on the bytes pending at the first
 # block), so chunk names stay reproducible across installations.
 BROTLI_FEED_SIZE = 4096
+# After brotli's first block the way the input is cut no longer changes its output (see
+# ``compress``); the rest goes in pieces this size, so that no call returns a whole chunk's
+# worth of output on top of the buffer it is appended to.
+BROTLI_LATER_FEED_SIZE = 1 << 20
 DATAMAP_VERSION = 1
 MAX_CHILD_DEPTH = 100
 # A DataMap entry takes 80 bytes, so below ~113 bytes per chunk the map of a map is no smaller
@@ -350,8 +354,8 @@ def compress(plain: Any, quality: int) -> bytearray:
     The encoder copies its input into fixed blocks and encodes each block once it is full, so how
     the input is cut matters only until the first block is encoded: that is when it fixes its
     size hint (that block plus the rest of the current call), which picks its hasher at some
-    qualities. Feeding 4096-byte pieces until then and the rest in one call gives the same bytes
-    (tests/test_selfenc.py compares them) with a thousand fewer calls per chunk, each of which
+    qualities. Feeding 4096-byte pieces until then and the rest in larger ones gives the same
+    bytes (tests/test_selfenc.py compares them) with a thousand fewer calls per chunk, each of which
     gave up the GIL and had to win it back: beside a busy event loop that convoy made a 4 MiB
     chunk take up to a second instead of 8 ms.
     """
@@ -362,8 +366,8 @@ def compress(plain: Any, quality: int) -> bytearray:
     out = bytearray()  # grown in place: no list of parts joined into a second copy
     for i in range(0, fed, BROTLI_FEED_SIZE):
         out += compressor.process(view[i : min(i + BROTLI_FEED_SIZE, fed)])
-    if fed < len(view):
-        out += compressor.process(view[fed:])
+    for i in range(fed, len(view), BROTLI_LATER_FEED_SIZE):
+        out += compressor.process(view[i : i + BROTLI_LATER_FEED_SIZE])
     out += compressor.finish()
     return out
 

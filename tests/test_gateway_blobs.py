@@ -44,6 +44,19 @@ def test_sequential_small_reads_decrypt_each_chunk_once():
     assert store.reads and max(store.reads.values()) == 1
 
 
+def test_whole_chunk_reads_leave_the_cache_to_small_readers():
+    store = CountingStore()
+    data = os.urandom(5 * SETTINGS.max_chunk_size)
+    name = blobs.store_bytes(store, data, CipherOpts.plain(), SETTINGS)
+    cache = ChunkCache(1024 * 1024)
+    blob = blobs.Blob(store, cache, name)
+    small = blob.read(10, 20)  # a small read keeps its chunk
+    assert small == data[10:20] and cache.size > 0
+    kept = cache.size
+    assert blob.read(0, len(data)) == data
+    assert cache.size == kept  # the long read added nothing
+
+
 def test_cache_is_bounded():
     cache = ChunkCache(100)
     for i in range(10):

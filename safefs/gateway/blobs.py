@@ -256,11 +256,14 @@ class Blob:
         if self._inline is not None:
             return self._inline[start:end]
         low, high = self._decryptor.chunk_span(index)
-        data = self._chunk(index)
-        low_cut, high_cut = max(start - low, 0), min(end, high) - low
-        return data if (low_cut, high_cut) == (0, len(data)) else data[low_cut:high_cut]
+        whole = start <= low and end >= high
+        # A read that takes a whole chunk is done with it: kept, it would only push out chunks
+        # that small readers are still stepping through, and hold memory (a 1 GiB download
+        # left four chunks behind).
+        data = self._chunk(index, keep=not whole)
+        return data if whole else data[max(start - low, 0):min(end, high) - low]
 
-    def _chunk(self, index: int) -> bytes:
+    def _chunk(self, index: int, keep: bool) -> bytes:
         name = self._decryptor.content_map.chunks[index].dst_hash
         data = self._cache.get(name)
         if data is None:
@@ -269,7 +272,8 @@ class Blob:
             except selfenc.SelfEncryptionError as exc:
                 log.error("chunk %d of an ImmutableData is unreadable: %s", index, exc)
                 raise SafeError(errors.ENCODE_DECODE, str(exc)) from None
-            self._cache.put(name, data)
+            if keep:
+                self._cache.put(name, data)
         return data
 
 
