@@ -31,7 +31,7 @@ import trio
 from safefs import errors, osutil
 from safefs.errors import GatewayError
 from safefs.gateway import ADMIN_HEADER, OFFSET_HEADER
-from safefs.streams import read_ahead, regroup
+from safefs.streams import batches, read_ahead, regroup
 
 log = logging.getLogger(__name__)
 
@@ -366,13 +366,13 @@ class GatewayClient:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
             try:
-                async with read_ahead(regroup(reader.iter_range(), SEGMENT_SIZE)) as segments:
-                    # Received in small pieces, written a segment at a time while the next
-                    # arrives.
-                    async for segment in segments:
-                        await trio.to_thread.run_sync(_write_out, fd, segment)
+                async with read_ahead(batches(reader.iter_range(), SEGMENT_SIZE)) as pieces:
+                    # Received in pieces of up to RECEIVE_BYTES, written about a segment at a
+                    # time (not joined first) while the next arrives.
+                    async for batch in pieces:
+                        await trio.to_thread.run_sync(_write_out, fd, batch)
                         if progress:
-                            progress(len(segment))
+                            progress(sum(map(len, batch)))
                 await trio.to_thread.run_sync(os.fsync, fd)
             finally:
                 os.close(fd)
@@ -582,10 +582,10 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _write_out(fd: int, data: bytes) -> None:
-    """Write all of ``data`` and start writing it to disk: the fsync at the end of a download
-    then finds little left to do, the disk having worked while the rest arrived."""
-    osutil.write_all(fd, data)
+def _write_out(fd: int, pieces: list[bytes]) -> None:
+    """Write all of ``pieces`` and start writing them to disk: the fsync at the end of a
+    download then finds little left to do, the disk having worked while the rest arrived."""
+    osutil.write_pieces(fd, pieces)
     osutil.start_writeback(fd)
 
 

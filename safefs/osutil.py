@@ -1,5 +1,5 @@
 """Linux system calls the ``os`` module lacks, through ctypes (a few lines, no dependency),
-and :func:`write_all`.
+and :func:`write_all` / :func:`write_pieces`.
 
 Each is None where the C library does not have it; callers fall back on something portable.
 """
@@ -7,7 +7,10 @@ Each is None where the C library does not have it; callers fall back on somethin
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
+from collections import deque
+from collections.abc import Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -21,6 +24,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 HAVE_SYNCFS = _syncfs is not None
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 def syncfs(fd: int) -> None:
@@ -38,6 +42,19 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write all of ``pieces`` one after the other with ``os.writev``: no join into one
+    buffer first (a write may take only part of them)."""
+    views = deque(memoryview(piece) for piece in pieces if len(piece))
+    while views:
+        written = os.writev(fd, list(itertools.islice(views, _IOV_MAX)))
+        while written:
+            if written < len(views[0]):
+                views[0] = views[0][written:]
+                break
+            written -= len(views.popleft())
 
 
 def start_writeback(fd: int) -> None:

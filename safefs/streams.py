@@ -36,6 +36,21 @@ async def regroup(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byte
         yield _joined(pieces)
 
 
+async def batches(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[list[bytes]]:
+    """The pieces of a byte stream as they came, in lists of at least ``size`` bytes (the last
+    may hold less): for a writer that takes several buffers at once and needs no copy."""
+    held: list[bytes] = []
+    held_bytes = 0
+    async for chunk in chunks:
+        held.append(chunk)
+        held_bytes += len(chunk)
+        if held_bytes >= size:
+            yield held
+            held, held_bytes = [], 0
+    if held:
+        yield held
+
+
 def _joined(pieces: list[memoryview]) -> bytes:
     if len(pieces) == 1 and isinstance(pieces[0].obj, bytes) and \
             len(pieces[0]) == len(pieces[0].obj):

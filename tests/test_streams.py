@@ -9,7 +9,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safefs.streams import read_ahead, regroup
+from safefs.streams import batches, read_ahead, regroup
 
 
 async def stream_of(parts: list[bytes]) -> AsyncIterator[bytes]:
@@ -86,3 +86,14 @@ async def test_read_ahead_raises_the_consumers_error_and_closes_the_producer() -
                 if item == 2:
                     raise ValueError("too long")
     assert closed.is_set()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8), st.sampled_from([1, 64, 1000]))
+def test_batches_group_pieces_untouched(parts: list[bytes], size: int) -> None:
+    async def run() -> list[list[bytes]]:
+        return [batch async for batch in batches(stream_of(parts), size)]
+
+    grouped = trio.run(run)
+    assert [piece for batch in grouped for piece in batch] == parts
+    assert all(sum(map(len, batch)) >= size for batch in grouped[:-1])
