@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,32 @@ SETTINGS = {
 }
 
 
+def _libc_function(name: str) -> Any:
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError):
+        return None  # not glibc (musl has no mallopt or malloc_trim)
+
+
+def release_free_memory() -> None:
+    """Give the free memory malloc keeps (see ``M_TRIM_THRESHOLD``) back to the system.
+
+    Keeping it is what makes back-to-back chunks cheap, but what one large transfer leaves free
+    is laid out differently from what the next needs: after alternating 1 GiB uploads and
+    downloads the gateway's peak RSS grew from 137 MiB to 150 MiB before it stopped, and a
+    download left 129 MiB resident. Called after a large transfer (it takes a few milliseconds
+    for 100 MiB), it keeps each one starting from the idle footprint.
+    """
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
 def tune(single_arena: bool = True) -> bool:
     """Apply the settings to this process (call before starting threads); whether it could."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False  # not glibc (musl has no mallopt): keep the defaults
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
+        return False  # keep the defaults
     settings = SETTINGS | ({M_ARENA_MAX: 1} if single_arena else {})
     ok = all([mallopt(parameter, value) for parameter, value in settings.items()])
     if not ok:

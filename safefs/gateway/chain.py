@@ -270,6 +270,7 @@ async def put_data(call: ChainCall) -> Response:
             raise
     finally:
         spool.release()
+        call.gateway.transfer_ended(spool.size)
     return success({"referenceToken": entry.token})
 
 

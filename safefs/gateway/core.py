@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from safefs import paths, selfenc
+from safefs import malloc, paths, selfenc
 from safefs.keys import Account
 from safefs.store import Store, open_store
 
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Transfers of at least this many bytes give malloc's free memory back when they end
+#: (``malloc.release_free_memory``); smaller ones leave too little to matter.
+RELEASE_MEMORY_AFTER = 64 * 1024 * 1024
 
 
 #: Blocking calls in flight per worker thread (the chunk workers bound the CPU work).
@@ -127,6 +131,12 @@ class Gateway:
         return blobs.Spool(self.spool_dir, self.store, self.settings.selfenc,
                            self.chunk_workers, self.settings.threads, prefix=prefix,
                            head=head, md5=md5)
+
+    def transfer_ended(self, size: int) -> None:
+        """An upload or download of ``size`` bytes ended: after a large one, malloc's free
+        memory goes back to the system (on a worker: it takes milliseconds)."""
+        if size >= RELEASE_MEMORY_AFTER:
+            self.chunk_workers.submit(malloc.release_free_memory)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (crypto, store calls, file I/O) in a bounded worker thread."""

@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from functools import partial
 
 import trio
 from starlette.requests import ClientDisconnect
@@ -92,9 +93,15 @@ def _content_length(call: Call) -> int:
 
 @routes.get("/immutable-data/writer", access=Access.LLA)
 async def new_writer(call: Call) -> dict:
-    spool = await call.gateway.run_sync(call.gateway.new_spool, "writer-")
-    return {"handleId": call.gateway.handles.add(Kind.WRITER, call.owner, Writer(spool),
-                                                 release=spool.release)}
+    gateway = call.gateway
+    spool = await gateway.run_sync(gateway.new_spool, "writer-")
+
+    def release() -> None:
+        spool.release()
+        gateway.transfer_ended(spool.size)
+
+    return {"handleId": gateway.handles.add(Kind.WRITER, call.owner, Writer(spool),
+                                            release=release)}
 
 
 @routes.get("/immutable-data/reader/{handle}")
@@ -108,7 +115,9 @@ async def new_reader(call: Call) -> dict:
     box_keypair = gateway.account.box_keypair if session else None
     blob = await gateway.run_sync(blobs.Blob, gateway.store, gateway.chunk_cache, data_id.name,
                                   sym_key, box_keypair)
-    return {"handleId": gateway.handles.add(Kind.READER, call.owner, blob), "size": blob.size}
+    release = partial(gateway.transfer_ended, blob.size)
+    return {"handleId": gateway.handles.add(Kind.READER, call.owner, blob, release=release),
+            "size": blob.size}
 
 
 @routes.delete("/immutable-data/reader/{handle}")
