@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from typing import Any
 
@@ -38,6 +39,7 @@ SETTINGS = {
 }
 
 
+@functools.cache
 def _libc_function(name: str) -> Any:
     try:
         return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)

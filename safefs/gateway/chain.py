@@ -269,8 +269,7 @@ async def put_data(call: ChainCall) -> Response:
             keys.release(org, size)
             raise
     finally:
-        spool.release()
-        call.gateway.transfer_ended(spool.size)
+        call.gateway.release_spool(spool)
     return success({"referenceToken": entry.token})
 
 

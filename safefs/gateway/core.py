@@ -132,6 +132,11 @@ class Gateway:
                            self.chunk_workers, self.settings.threads, prefix=prefix,
                            head=head, md5=md5)
 
+    def release_spool(self, spool: blobs.Spool) -> None:
+        """Drop an upload's spool (see :meth:`transfer_ended`)."""
+        spool.release()
+        self.transfer_ended(spool.size)
+
     def transfer_ended(self, size: int) -> None:
         """An upload or download of ``size`` bytes ended: after a large one, malloc's free
         memory goes back to the system (on a worker: it takes milliseconds)."""

@@ -95,13 +95,8 @@ def _content_length(call: Call) -> int:
 async def new_writer(call: Call) -> dict:
     gateway = call.gateway
     spool = await gateway.run_sync(gateway.new_spool, "writer-")
-
-    def release() -> None:
-        spool.release()
-        gateway.transfer_ended(spool.size)
-
     return {"handleId": gateway.handles.add(Kind.WRITER, call.owner, Writer(spool),
-                                            release=release)}
+                                            release=partial(gateway.release_spool, spool))}
 
 
 @routes.get("/immutable-data/reader/{handle}")
