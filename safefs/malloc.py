@@ -18,7 +18,6 @@ measure it that way, ``tune(single_arena=False)``, so that it is not handicapped
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 from typing import Any
@@ -42,7 +41,9 @@ SETTINGS = {
 @functools.cache
 def _libc_function(name: str) -> Any:
     try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+        # The process's own symbols, libc's among them: find_library would run ldconfig, and
+        # every safefs command (a `safefs sync` in a script too) starts here.
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError, TypeError):
         return None  # not glibc (musl has no mallopt or malloc_trim)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -31,6 +33,19 @@ def server_error(result) -> str:
     last = result.stderr.splitlines()[-1]
     assert last.startswith("safefs: "), result.stderr
     return last
+
+
+def test_commands_start_light():
+    """Every command builds the whole parser: it must not pull in the event loop, the HTTP
+    stack or the gateway's server (a `safefs sync` in a script is mostly its start-up)."""
+    code = ("import sys; from safefs import cli, malloc; malloc.tune(); cli.build_parser(); "
+            "import safefs.fs.ctrl; print(' '.join(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    loaded = set(result.stdout.split())
+    heavy = {"trio", "httpx", "numpy", "nacl", "cryptography", "hypercorn", "safefs.gateway.core",
+             "safefs.gateway.handles", "ctypes.util"}
+    assert not heavy & loaded
 
 
 def test_help_everywhere(safefs_env):

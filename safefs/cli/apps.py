@@ -6,9 +6,7 @@ import argparse
 import json
 import time
 
-import trio
-
-from .common import QuietError, add_gateway_option, admin_secret, gateway_url
+from .common import QuietError, add_gateway_option, admin_secret, gateway_url, run_async
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,17 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="pending requests and authorised apps")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=lambda args: _run(_list, args))
+    listing.set_defaults(func=lambda args: run_async(_list, args))
     for name, helptext in (("approve", "approve a pending request"),
                            ("reject", "reject a pending request"),
                            ("revoke", "revoke an authorised app (its tokens stop working)")):
         action = actions.add_parser(name, help=helptext)
         action.add_argument("id", metavar="ID", help="id shown by `safefs apps list`")
-        action.set_defaults(func=lambda args, name=name: _run(_decide, args, name))
+        action.set_defaults(func=lambda args, name=name: run_async(_decide, args, name))
 
-
-def _run(fn, *args) -> None:
-    return trio.run(fn, *args)
 
 
 def _client(args: argparse.Namespace):

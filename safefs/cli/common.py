@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from safefs.gateway import read_admin_secret, read_info
 
@@ -28,6 +28,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_async(function: Callable[..., Any], *args: Any) -> Any:
+    """``trio.run``, importing trio only for the commands that need it: every command builds
+    the whole parser, and a `safefs sync` in a script should start quickly."""
+    import trio
+
+    return trio.run(function, *args)
 
 
 def add_gateway_option(parser: argparse.ArgumentParser) -> None:

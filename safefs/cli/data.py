@@ -14,11 +14,9 @@ import json
 import os
 from pathlib import Path
 
-import trio
-
 from safefs.gateway import read_admin_secret
 
-from .common import QuietError, add_gateway_option, gateway_url, progress_bar
+from .common import QuietError, add_gateway_option, gateway_url, progress_bar, run_async
 
 CLI_APP = {"name": "safefs cli", "id": "safefs.cli", "vendor": "safefs", "version": "1"}
 
@@ -34,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "only this account's safefs commands can (default %(default)s)")
     put.add_argument("--json", action="store_true", help="print JSON")
     add_gateway_option(put)
-    put.set_defaults(func=lambda args: trio.run(_put, args))
+    put.set_defaults(func=lambda args: run_async(_put, args))
 
     get = subparsers.add_parser(
         "get", help="fetch ImmutableData by its identifier into a file",
@@ -42,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     get.add_argument("id", metavar="ID")
     get.add_argument("dest", metavar="DEST", type=Path)
     add_gateway_option(get)
-    get.set_defaults(func=lambda args: trio.run(_get, args))
+    get.set_defaults(func=lambda args: run_async(_get, args))
 
 
 async def _client(args: argparse.Namespace, *, need_token: bool):

@@ -13,8 +13,12 @@ from .common import QuietError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # Only light modules here: every safefs command builds this parser.
-    from safefs.gateway import DEFAULT_AUTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_THREADS
-    from safefs.gateway.handles import DEFAULT_CAPACITY
+    from safefs.gateway import (
+        DEFAULT_AUTH_TIMEOUT,
+        DEFAULT_HANDLE_CAPACITY,
+        DEFAULT_LISTEN,
+        DEFAULT_THREADS,
+    )
 
     parser = subparsers.add_parser(
         "gateway", help="run the gateway (the launcher REST API) in the foreground",
@@ -32,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default=DEFAULT_AUTH_TIMEOUT,
                         help="how long an app waits for approval (default %(default)s)")
     parser.add_argument("--handle-capacity", type=int, metavar="N",
-                        default=DEFAULT_CAPACITY,
+                        default=DEFAULT_HANDLE_CAPACITY,
                         help="handles kept per kind before the least recently used is evicted "
                         "(default %(default)s)")
     parser.add_argument("--shared-handles", action="store_true",

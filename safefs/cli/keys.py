@@ -18,11 +18,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import trio
-
 from safefs.gateway import read_info
 
-from .common import QuietError, add_gateway_option, admin_secret, gateway_url
+from .common import QuietError, add_gateway_option, admin_secret, gateway_url, run_async
 
 if TYPE_CHECKING:
     import httpx
@@ -78,7 +76,7 @@ def _admin(args: argparse.Namespace, method: str, path: str, **kwargs) -> httpx.
                                  retries=2) as client:
             return await client.request(method, path, admin=True, **kwargs)
 
-    return trio.run(send)
+    return run_async(send)
 
 
 @contextmanager

@@ -23,6 +23,8 @@ OFFSET_HEADER = "X-Safefs-Offset"
 DEFAULT_LISTEN = "127.0.0.1:8100"
 # How long POST /auth waits for a person to approve or reject the app.
 DEFAULT_AUTH_TIMEOUT = 300.0
+# Handles kept per kind before the least recently used is evicted.
+DEFAULT_HANDLE_CAPACITY = 1000
 # Worker threads for encryption, decryption and store calls.
 DEFAULT_THREADS = max(2, os.cpu_count() or 2)
 

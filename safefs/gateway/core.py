@@ -25,8 +25,15 @@ from safefs import malloc, paths, selfenc
 from safefs.keys import Account
 from safefs.store import Store, open_store
 
-from . import DEFAULT_AUTH_TIMEOUT, DEFAULT_THREADS, blobs, read_admin_secret, read_info
-from .handles import DEFAULT_CAPACITY, Handles
+from . import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_HANDLE_CAPACITY,
+    DEFAULT_THREADS,
+    blobs,
+    read_admin_secret,
+    read_info,
+)
+from .handles import Handles
 from .sessions import AuthRequests, Session, SessionStore
 from .state import open_state_db
 
@@ -48,7 +55,7 @@ BLOCKING_CALLS_PER_THREAD = 4
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    handle_capacity: int = DEFAULT_CAPACITY
+    handle_capacity: int = DEFAULT_HANDLE_CAPACITY
     # Let every caller use every handle, as the launcher did (for its test suite).
     shared_handles: bool = False
     # How long POST /auth waits for a person to approve or reject the app.

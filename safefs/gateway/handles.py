@@ -39,10 +39,10 @@ from typing import Any
 
 from safefs import errors
 from safefs.errors import SafeError
+from safefs.gateway import DEFAULT_HANDLE_CAPACITY
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CAPACITY = 1000
 _U64_MAX = 2**64 - 1
 _FIRST_HANDLE_LIMIT = 2**52
 
@@ -83,12 +83,12 @@ class _Entry:
 class Handles:
     """Every handle table of one gateway. Used from the trio thread only."""
 
-    def __init__(self, capacity: int | dict[Kind, int] = DEFAULT_CAPACITY,
+    def __init__(self, capacity: int | dict[Kind, int] = DEFAULT_HANDLE_CAPACITY,
                  shared: bool = False) -> None:
         self._shared = shared
         if isinstance(capacity, int):
             capacity = {kind: capacity for kind in Kind}
-        self._capacity = {kind: capacity.get(kind, DEFAULT_CAPACITY) for kind in Kind}
+        self._capacity = {kind: capacity.get(kind, DEFAULT_HANDLE_CAPACITY) for kind in Kind}
         self._tables: dict[Kind, OrderedDict[int, _Entry]] = {k: OrderedDict() for k in Kind}
         self._next = secrets.randbelow(_FIRST_HANDLE_LIMIT)
 
