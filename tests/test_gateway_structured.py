@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from safefs.gateway import structured
+from safefs.gateway import blobs, structured
 from safefs.gateway.blobs import ChunkCache
 from safefs.gateway.records import AppKeys
 from safefs.model import (
@@ -393,6 +393,29 @@ def test_history_spans_versions_info_pages():
     for n in (0, 1, VERSIONS_PER_PAGE - 1, VERSIONS_PER_PAGE, 2 * VERSIONS_PER_PAGE, total - 1):
         assert structured.read_content(store, cache, record, AppKeys(), n) == content(n)
     assert structured.read_content(store, cache, record, AppKeys()) == content(total - 1)
+
+
+def test_small_versions_travel_in_their_root_chunk():
+    """A directory-sized version is one chunk (its content wrapped inside the root chunk); PLAIN
+    content and content over RECORD_INLINE_MAX are self-encrypted (three chunks and a root)."""
+    store = open_store("memory://")
+    cache = ChunkCache(1 << 20)
+    keys = AppKeys(sym_key=bytes(range(32)))
+    symmetric = CipherOpts.symmetric(keys.sym_key)
+    record = StructuredData(501, bytes(32), structured.empty_data(501), 0, b"\x01" * 32)
+    large = os.urandom(blobs.RECORD_INLINE_MAX + 1)
+    for content, opts, chunks in ((b"directory" * 500, symmetric, 1),
+                                  (os.urandom(blobs.RECORD_INLINE_MAX), symmetric, 1),
+                                  (large, symmetric, 4),
+                                  (b"public" * 500, CipherOpts.plain(), 4)):
+        before = store.stats().chunk_count
+        record = structured.with_content(store, record, content, opts)
+        store.flush()
+        assert store.stats().chunk_count - before == chunks
+        assert structured.read_content(store, cache, record, keys) == content
+    first_root = structured._versions(record).pointer_at(0)
+    assert b"directory" * 2 not in store.get_chunk(first_root)  # wrapped, not in the clear
+    assert structured.read_content(store, cache, record, keys, 0) == b"directory" * 500
 
 
 def test_content_encodings_match_the_format_document():

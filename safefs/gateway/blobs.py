@@ -4,13 +4,19 @@ An ImmutableData is stored as its content's self-encrypted chunks plus one *root
 
     root chunk = cipher wrapper (model.encrypt, per the writer's cipher options) of
                  0x00 || DataMap.to_bytes()   content of 3 bytes or more (self-encrypted)
-                 0x01 || content              content under MIN_ENCRYPTABLE_BYTES, inline
+                 0x01 || content              content under MIN_ENCRYPTABLE_BYTES, inline; also
+                                              a record's small content (not PLAIN), see below
     name       = BLAKE3(root chunk)           the chunk's store name and the DataIdentifier's
 
 As in the launcher, the DataMap is what the cipher options protect: PLAIN publishes it (anyone
 with the name can read the content), SYMMETRIC seals it with the writing app's key, ASYMMETRIC
 to a box public key. The DataMap of any file is at most three entries (bigger maps are shrunk
 into child levels), so the root chunk stays a few hundred bytes.
+
+A record's content version (a directory of the file system, mostly a few KiB) is stored inline
+when it is at most ``RECORD_INLINE_MAX`` bytes and its cipher options are not PLAIN: one chunk
+file instead of four, and no self-encryption of a content that is read whole and never
+deduplicated (a record version is unique). The wrapper still encrypts it.
 
 Everything here is synchronous and runs in the gateway's worker threads.
 """
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _DATAMAP = 0x00
 _INLINE = 0x01
+#: Record content up to this size goes inside its root chunk (not under PLAIN options).
+RECORD_INLINE_MAX = 256 * 1024
 
 
 class ChunkCache:
@@ -202,10 +210,13 @@ class Spool:
 
 def store_bytes(store: Store, data: bytes, opts: CipherOpts,
                 settings: selfenc.Settings = selfenc.DEFAULT_SETTINGS, *,
-                flush: bool = True) -> XorName:
+                flush: bool = True, inline_max: int = 0) -> XorName:
     """Self-encrypt in-memory ``data`` into the store; the ImmutableData's name (durable unless
-    ``flush`` is False: for a name that only a record will carry, see :func:`_store_root`)."""
-    if len(data) < selfenc.MIN_ENCRYPTABLE_BYTES:
+    ``flush`` is False: for a name that only a record will carry, see :func:`_store_root`).
+    Data up to ``inline_max`` bytes goes inside the root chunk instead, unless ``opts`` are
+    PLAIN (which would leave it readable in the store)."""
+    inline = len(data) <= inline_max and opts.kind is not model.CipherKind.PLAIN
+    if inline or len(data) < selfenc.MIN_ENCRYPTABLE_BYTES:
         return _store_root(store, bytes([_INLINE]) + data, opts, flush)
     datamap = selfenc.encrypt_stream(len(data), io.BytesIO(data).read, store.put_chunk, settings)
     return _store_root(store, bytes([_DATAMAP]) + datamap.to_bytes(), opts, flush)

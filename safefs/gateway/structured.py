@@ -131,7 +131,8 @@ def with_content(store: Store, record: StructuredData, content: bytes,
         if info.is_full:
             info = info.next_page(blobs.store_bytes(store, info.serialise(), CipherOpts.plain(),
                                                     flush=False))
-        info = info.appended(blobs.store_bytes(store, content, opts, flush=False))
+        info = info.appended(blobs.store_bytes(store, content, opts, flush=False,
+                                               inline_max=blobs.RECORD_INLINE_MAX))
         data = _encode_content(Content.VERSIONS, info.serialise())
     elif record.type_tag == TAG_UNVERSIONED:
         data = None
