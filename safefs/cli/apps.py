@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action.set_defaults(func=lambda args, name=name: run_async(_decide, args, name))
 
 
-
 def _client(args: argparse.Namespace):
     from safefs.client import GatewayClient
 
