@@ -17,10 +17,9 @@ measure it that way, ``tune(single_arena=False)``, so that it is not handicapped
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-from typing import Any
+
+from safefs.osutil import libc_function
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +37,6 @@ SETTINGS = {
 }
 
 
-@functools.cache
-def _libc_function(name: str) -> Any:
-    try:
-        # The process's own symbols, libc's among them: find_library would run ldconfig, and
-        # every safefs command (a `safefs sync` in a script too) starts here.
-        return getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError, TypeError):
-        return None  # not glibc (musl has no mallopt or malloc_trim)
-
-
 def release_free_memory() -> None:
     """Give the free memory malloc keeps (see ``M_TRIM_THRESHOLD``) back to the system.
 
@@ -57,14 +46,14 @@ def release_free_memory() -> None:
     download left 129 MiB resident. Called after a large transfer (it takes a few milliseconds
     for 100 MiB), it keeps each one starting from the idle footprint.
     """
-    trim = _libc_function("malloc_trim")
+    trim = libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
 def tune(single_arena: bool = True) -> bool:
     """Apply the settings to this process (call before starting threads); whether it could."""
-    mallopt = _libc_function("mallopt")
+    mallopt = libc_function("mallopt")
     if mallopt is None:
         return False  # keep the defaults
     settings = SETTINGS | ({M_ARENA_MAX: 1} if single_arena else {})

@@ -11,11 +11,19 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-_syncfs = getattr(_libc, "syncfs", None)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
+
+def libc_function(name: str) -> Any:
+    """A C library function of this process, or None where the library lacks it (musl has no
+    ``mallopt``; ``syncfs`` is Linux-only)."""
+    return getattr(_libc, name, None)
+
+
+_syncfs = libc_function("syncfs")
+_sync_file_range = libc_function("sync_file_range")
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
