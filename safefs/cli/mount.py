@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from safefs.fs import UPLOAD_DELAY
+
 from .common import QuietError, progress_bar
 
 #: How long ``mount`` waits for a background daemon to answer.
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mount.add_argument("--cache-size", metavar="SIZE", type=parse_size, default="10G",
                        help="local cache size, e.g. 512M or 20G (default 10G); changes not "
                        "uploaded yet are never evicted")
-    mount.add_argument("--upload-delay", metavar="SECONDS", type=float, default=2.0,
+    mount.add_argument("--upload-delay", metavar="SECONDS", type=float, default=UPLOAD_DELAY,
                        help="upload a closed file once it has not changed for this long, "
                        "and publish a directory after 2.5 times as long (default %(default)s)")
     mount.add_argument("--poll-interval", metavar="SECONDS", type=float, default=15.0,

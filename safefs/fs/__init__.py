@@ -33,6 +33,12 @@ INLINE_MAX = 4 * 1024
 #: record carries all of it, and every change in the directory publishes it again.
 INLINE_BUDGET = 256 * 1024
 
+#: Default seconds a closed file stays unchanged before it is uploaded (``--upload-delay``).
+#: Short enough that a long copy uploads while it runs, on the core the copy leaves idle (an
+#: untar of 2,434 files: 3.55-3.74 s to synced at 1 s against 3.84-4.15 s at 2 s, 4 interleaved
+#: rounds); long enough that a file saved a few times in a row goes up once.
+UPLOAD_DELAY = 1.0
+
 #: Worker threads for CPU work (record encoding and decoding) per kind of work: leave cores to
 #: the FUSE requests and the gateway.
 CPU_THREADS = max(1, (os.cpu_count() or 2) // 2)

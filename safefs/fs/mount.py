@@ -33,6 +33,7 @@ import trio
 
 from safefs import paths
 from safefs.client import GatewayClient, GatewayError, GatewayUnavailable
+from safefs.fs import UPLOAD_DELAY
 from safefs.fs.cache import FileCache
 from safefs.fs.ctrl import Control
 from safefs.fs.meta import COMMIT_DELAY, ROOT_INODE, Metadata
@@ -59,7 +60,7 @@ class MountOptions:
     mountpoint: Path
     gateway: str | None = None
     cache_size: int = 10 << 30
-    upload_delay: float = 2.0
+    upload_delay: float = UPLOAD_DELAY
     poll_interval: float = 15.0
 
 

@@ -39,7 +39,7 @@ import trio
 
 from safefs import osutil
 from safefs.client import Conflict, GatewayError, GatewayUnavailable, NotFound
-from safefs.fs import CPU_THREADS, INLINE_BUDGET, INLINE_MAX, run_all
+from safefs.fs import CPU_THREADS, INLINE_BUDGET, INLINE_MAX, UPLOAD_DELAY, run_all
 from safefs.fs.dirrecord import Ref, packed_ref
 from safefs.fs.merge import Copy, Take, conflict_name, merge
 from safefs.fs.meta import ROOT_INODE, DirState, Metadata, NoSuchEntry
@@ -121,7 +121,7 @@ class SyncTask:
     :uploaded_bytes: bytes sent so far (progress of ``safefs sync``)."""
 
     def __init__(self, meta: Metadata, cache: FileCache, remote: Remote, *,
-                 upload_delay: float = 2.0, dir_delay: float | None = None,
+                 upload_delay: float = UPLOAD_DELAY, dir_delay: float | None = None,
                  poll_interval: float = 15.0) -> None:
         self.meta = meta
         self.cache = cache
