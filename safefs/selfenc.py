@@ -54,6 +54,16 @@ BROTLI_FEED_SIZE = 4096
 # ``compress``); the rest goes in pieces this size, so that no call returns a whole chunk's
 # worth of output on top of the buffer it is appended to.
 BROTLI_LATER_FEED_SIZE = 1 << 20
+# Stored chunks (settings with ``store_incompressible``, FORMAT section 2.4): a chunk of at least
+# STORE_TEST_MIN bytes whose STORE_SAMPLES samples of STORE_SAMPLE_SIZE bytes each do not shrink
+# under brotli quality 0 goes into the stream uncompressed, without running the encoder on it.
+STORE_TEST_MIN = 64 * 1024
+STORE_SAMPLES = 4
+STORE_SAMPLE_SIZE = 16 * 1024
+# The longest uncompressed meta-block (MLEN is at most six nibbles).
+BROTLI_METABLOCK_MAX = 1 << 24
+# RFC 7932 section 9.1: WBITS 22 is a 1 bit followed by 22 - 17 in three bits.
+_BROTLI_WBITS_22 = 0b1 | (22 - 17) << 1
 DATAMAP_VERSION = 1
 MAX_CHILD_DEPTH = 100
 # A DataMap entry takes 80 bytes, so below ~113 bytes per chunk the map of a map is no smaller
@@ -121,6 +131,8 @@ class Settings:
 
     compression_quality: int
     max_chunk_size: int
+    #: Write chunks that do not compress as stored brotli streams (FORMAT section 2.4).
+    store_incompressible: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.compression_quality <= 11:
@@ -139,7 +151,10 @@ SERIAL_INPUT_MAX = 1024 * 1024
 REFERENCE_SETTINGS = Settings(REFERENCE_COMPRESSION_QUALITY, REFERENCE_MAX_CHUNK_SIZE)
 # Quality 3: on the 2-core target, quality 6 encrypts text at ~100 MiB/s, quality 3 at ~2.5x that
 # for ~14% more stored bytes (measurements in docs/FORMAT.md section 2.8).
-DEFAULT_SETTINGS = Settings(compression_quality=3, max_chunk_size=REFERENCE_MAX_CHUNK_SIZE)
+# Incompressible chunks stored: brotli spends 8 ms per 4 MiB on data it cannot shrink (photos,
+# video, archives), half of what the gateway spends on such an upload.
+DEFAULT_SETTINGS = Settings(compression_quality=3, max_chunk_size=REFERENCE_MAX_CHUNK_SIZE,
+                            store_incompressible=True)
 
 
 # --- DataMap ---
@@ -372,6 +387,46 @@ def compress(plain: Any, quality: int) -> bytearray:
     return out
 
 
+def does_not_compress(plain: Any) -> bool:
+    """Whether a chunk is one to store (FORMAT section 2.4): at least ``STORE_TEST_MIN`` bytes,
+    and none of its samples, spread evenly from its start to its end, shrinks under brotli
+    quality 0. Text fails on its first sample, so the test costs compressible data ~50 us."""
+    view = memoryview(plain).cast("B")
+    size = len(view)
+    if not STORE_TEST_MIN <= size <= BROTLI_METABLOCK_MAX:
+        return False
+    step = (size - STORE_SAMPLE_SIZE) // (STORE_SAMPLES - 1)
+    for i in range(STORE_SAMPLES):
+        sample = view[i * step : i * step + STORE_SAMPLE_SIZE]
+        if len(brotli.compress(sample, quality=0)) < len(sample):
+            return False
+    return True
+
+
+def stored_stream(plain: Any) -> bytearray:
+    """``plain`` as a brotli stream (window 22) of one uncompressed meta-block and the empty
+    last one: what the encoder itself writes at quality 3 for data it cannot shrink, and
+    decoded as a copy."""
+    view = memoryview(plain).cast("B")
+    size = len(view)
+    if not 1 <= size <= BROTLI_METABLOCK_MAX:
+        raise ValueError(f"an uncompressed meta-block holds 1 to 2**24 bytes, not {size}")
+    nibbles = max(4, -(-(size - 1).bit_length() // 4))
+    # WBITS; ISLAST = 0; MNIBBLES - 4 in two bits; MLEN - 1 in MNIBBLES nibbles; ISUNCOMPRESSED.
+    header = _BROTLI_WBITS_22 | (nibbles - 4) << 5 | (size - 1) << 7 | 1 << (7 + 4 * nibbles)
+    out = bytearray(header.to_bytes((8 + 4 * nibbles + 7) // 8, "little"))
+    out += view
+    out.append(0b11)  # the last meta-block: ISLAST = 1, ISLASTEMPTY = 1
+    return out
+
+
+def compress_chunk(plain: Any, settings: Settings) -> bytearray:
+    """The compression step of the chunk transform under ``settings``."""
+    if settings.store_incompressible and does_not_compress(plain):
+        return stored_stream(plain)
+    return compress(plain, settings.compression_quality)
+
+
 def _seal(compressed: bytes, secrets: tuple[bytes, bytes, bytes]) -> memoryview:
     # Working in one preallocated buffer avoids two fresh chunk-sized allocations, whose page
     # faults cost more than the cipher itself; the buffer itself is the result (no copy).
@@ -456,15 +511,13 @@ def _encrypt_level(
     count = len(sizes)
     src: list[bytes] = []  # grows as chunks are read; a worker reads only entries already there
     dst: list[bytes] = [b""] * count
-    quality = settings.compression_quality
-
     def seal_and_put(index: int, compressed: bytes) -> None:
         chunk = _seal(compressed, _chunk_secrets(src, count, index, level))
         dst[index] = name = _hash(chunk)
         put(name, chunk)
 
     def encrypt(index: int, plain: Any) -> None:
-        seal_and_put(index, compress(plain, quality))
+        seal_and_put(index, compress_chunk(plain, settings))
 
     if threads == 1 or size <= SERIAL_INPUT_MAX:
         # Small input (a directory record, a map): every chunk at hand, no pool to start.
@@ -475,7 +528,7 @@ def _encrypt_level(
         for index, plain in enumerate(plains):
             encrypt(index, plain)
     else:
-        _encrypt_in_pool(sizes, read, src, encrypt, seal_and_put, quality, threads)
+        _encrypt_in_pool(sizes, read, src, encrypt, seal_and_put, settings, threads)
     return DataMap(
         tuple(ChunkInfo(i, dst[i], src[i], n) for i, n in enumerate(sizes)), level or None
     )
@@ -483,7 +536,7 @@ def _encrypt_level(
 
 def _encrypt_in_pool(sizes: list[int], read: Callable[[int], Any], src: list[bytes],
                      encrypt: Callable[[int, Any], None],
-                     seal_and_put: Callable[[int, bytes], None], quality: int,
+                     seal_and_put: Callable[[int, bytes], None], settings: Settings,
                      threads: int) -> None:
     """The chunks of one level on ``threads`` workers, reading ahead of them."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="selfenc")
@@ -498,7 +551,7 @@ def _encrypt_in_pool(sizes: list[int], read: Callable[[int], Any], src: list[byt
             if index >= 2:
                 in_flight.append(pool.submit(encrypt, index, plain))
             else:
-                heads.append(pool.submit(compress, plain, quality))
+                heads.append(pool.submit(compress_chunk, plain, settings))
                 in_flight.append(heads[-1])
             del plain
         for index in (0, 1):
@@ -688,7 +741,7 @@ class Encryptor:
         self._in_flight.append(self._executor.submit(self._encrypt, index, plain, secrets))
 
     def _encrypt(self, index: int, plain: bytes, secrets: tuple[bytes, bytes, bytes]) -> None:
-        chunk = _seal(compress(plain, self._settings.compression_quality), secrets)
+        chunk = _seal(compress_chunk(plain, self._settings), secrets)
         self._dst[index] = name = _hash(chunk)
         self._put(name, chunk)
 

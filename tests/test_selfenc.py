@@ -710,3 +710,62 @@ def test_compression_equals_the_4096_byte_feed(quality):
             data = corpus_sample(kind, size, seed)
             assert bytes(selfenc.compress(data, quality)) == fed_by_pieces(data, quality), \
                 (kind, size)
+
+
+STORE = DEFAULT_SETTINGS
+assert STORE.store_incompressible and not REFERENCE_SETTINGS.store_incompressible
+
+
+@pytest.mark.parametrize("size", [STORE_TEST_MIN := selfenc.STORE_TEST_MIN, STORE_TEST_MIN + 1,
+                                  2**16 * 3 + 7, 2**20, 2**20 + 1,
+                                  selfenc.REFERENCE_MAX_CHUNK_SIZE])
+def test_random_chunks_are_stored_as_the_encoder_stores_them(size):
+    """Random data skips the encoder, and its stream is byte for byte the one the encoder
+    writes at the default quality: chunk names do not change for it."""
+    data = random_bytes(size, seed=size)
+    assert selfenc.does_not_compress(data)
+    stored = bytes(selfenc.compress_chunk(data, STORE))
+    assert stored == fed_by_pieces(data, STORE.compression_quality)
+    assert brotli.decompress(stored) == data
+
+
+@pytest.mark.parametrize("kind", ["text", "mixed", "zeros"])
+def test_compressible_chunks_go_through_the_encoder(kind):
+    for seed, size in enumerate([STORE_TEST_MIN, 2**20, selfenc.REFERENCE_MAX_CHUNK_SIZE]):
+        data = corpus_sample(kind, size, seed)
+        if kind == "mixed" and selfenc.does_not_compress(data):
+            continue  # (every sample fell into random runs)
+        assert not selfenc.does_not_compress(data), (kind, size)
+        assert bytes(selfenc.compress_chunk(data, STORE)) == \
+            fed_by_pieces(data, STORE.compression_quality)
+
+
+def test_one_compressible_sample_sends_a_chunk_through_the_encoder():
+    size = 2**20
+    step = (size - selfenc.STORE_SAMPLE_SIZE) // (selfenc.STORE_SAMPLES - 1)
+    for sample in range(selfenc.STORE_SAMPLES):
+        data = bytearray(random_bytes(size, seed=sample))
+        data[sample * step : sample * step + selfenc.STORE_SAMPLE_SIZE] = \
+            periodic(selfenc.STORE_SAMPLE_SIZE, 200)
+        assert not selfenc.does_not_compress(data), sample
+    assert not selfenc.does_not_compress(random_bytes(STORE_TEST_MIN - 1))  # too small to test
+
+
+def test_stored_chunks_decrypt_and_reference_settings_still_compress():
+    """Data the samples call incompressible although the encoder finds something (a random
+    block repeated between the samples): stored under the default settings, compressed under
+    the reference ones, and both decrypt to the data."""
+    block = random_bytes(200_000, seed=7)
+    data = block + block + random_bytes(800_000, seed=8)  # three chunks of 400,000 bytes
+    assert selfenc.does_not_compress(data[:400_000])
+    for chosen in (Settings(3, 2**20, store_incompressible=True), Settings(3, 2**20)):
+        datamap, store = encrypt(data, chosen)
+        assert [chunk.src_size for chunk in datamap.chunks] == [400_000] * 3
+        assert Decryptor(datamap, store.__getitem__).read(0, len(data)) == data
+        stored = sum(map(len, store.values()))
+        if chosen.store_incompressible:
+            assert stored > len(data)  # stored as it came
+        else:
+            assert stored < len(data) - 150_000  # the repeated block found
+    with pytest.raises(ValueError, match="2\\*\\*24"):
+        selfenc.stored_stream(b"")
