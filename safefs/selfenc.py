@@ -151,7 +151,7 @@ SERIAL_INPUT_MAX = 1024 * 1024
 REFERENCE_SETTINGS = Settings(REFERENCE_COMPRESSION_QUALITY, REFERENCE_MAX_CHUNK_SIZE)
 # Quality 3: on the 2-core target, quality 6 encrypts text at ~100 MiB/s, quality 3 at ~2.5x that
 # for ~14% more stored bytes (measurements in docs/FORMAT.md section 2.8).
-# Incompressible chunks stored: brotli spends 8 ms per 4 MiB on data it cannot shrink (photos,
+# Incompressible chunks stored: brotli spends 8-10 ms per 4 MiB on data it cannot shrink (photos,
 # video, archives), half of what the gateway spends on such an upload.
 DEFAULT_SETTINGS = Settings(compression_quality=3, max_chunk_size=REFERENCE_MAX_CHUNK_SIZE,
                             store_incompressible=True)
@@ -405,8 +405,8 @@ def does_not_compress(plain: Any) -> bool:
 
 def stored_stream(plain: Any) -> bytearray:
     """``plain`` as a brotli stream (window 22) of one uncompressed meta-block and the empty
-    last one: what the encoder itself writes at quality 3 for data it cannot shrink, and
-    decoded as a copy."""
+    last one: what the encoder itself writes at quality 3 for chunks (up to 4 MiB) it cannot
+    shrink, and decoded as a copy."""
     view = memoryview(plain).cast("B")
     size = len(view)
     if not 1 <= size <= BROTLI_METABLOCK_MAX:
@@ -511,6 +511,7 @@ def _encrypt_level(
     count = len(sizes)
     src: list[bytes] = []  # grows as chunks are read; a worker reads only entries already there
     dst: list[bytes] = [b""] * count
+
     def seal_and_put(index: int, compressed: bytes) -> None:
         chunk = _seal(compressed, _chunk_secrets(src, count, index, level))
         dst[index] = name = _hash(chunk)
