@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from safefs.fs import INLINE_BUDGET, INLINE_MAX
+from safefs.fs.operations import BusyPoll
 from safefs.fs.sync import PACK_FILE_MAX, STREAM_MIN
 from tests import fs_helpers
 from tests.fs_helpers import Mount, make_file, sha256_file, wait_for
@@ -320,3 +323,19 @@ def test_large_files_go_up_while_written(mounted: Mount) -> None:
     _remount_cold(mounted)
     for name, content in contents.items():
         assert (mounted.path / name).read_bytes() == content, name
+
+
+async def test_busy_poll_polls_for_its_window_then_sleeps() -> None:
+    """Idle, the daemon's loop sleeps; after an answered request it keeps running (polling)
+    for the window, and sleeps again once the window has passed."""
+    poll = BusyPoll(window=0.2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll.run)
+        with trio.fail_after(10):
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2):
+                answered = time.perf_counter()
+                poll.answered()
+                await trio.testing.wait_all_tasks_blocked()
+                assert time.perf_counter() - answered >= 0.2
+        nursery.cancel_scope.cancel()

@@ -184,6 +184,7 @@ async def _run_fuse(operations: Operations, sync: SyncTask, control: Control,
         nursery.start_soon(control.run)
         nursery.start_soon(_stop_on_signals, sync, final_flush)
         nursery.start_soon(_notify_ready, mountpoint)
+        nursery.start_soon(operations.busy_poll.run)
         await pyfuse3.main()
         unmount = True
     finally:
