@@ -325,17 +325,25 @@ def test_large_files_go_up_while_written(mounted: Mount) -> None:
         assert (mounted.path / name).read_bytes() == content, name
 
 
-async def test_busy_poll_polls_for_its_window_then_sleeps() -> None:
-    """Idle, the daemon's loop sleeps; after an answered request it keeps running (polling)
-    for the window, and sleeps again once the window has passed."""
+async def test_busy_poll_only_between_requests_in_lockstep() -> None:
+    """Idle, the daemon's loop sleeps. After a request that came within the window of the one
+    before, it keeps running (polling) for the window, then sleeps again; after a request that
+    came later than that, it sleeps at once."""
     poll = BusyPoll(window=0.2)
+
+    async def request_then_wait_for_sleep() -> float:
+        poll.arrived()
+        poll.answered()
+        answered = time.perf_counter()
+        await trio.testing.wait_all_tasks_blocked()
+        return time.perf_counter() - answered
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(poll.run)
         with trio.fail_after(10):
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(2):
-                answered = time.perf_counter()
-                poll.answered()
-                await trio.testing.wait_all_tasks_blocked()
-                assert time.perf_counter() - answered >= 0.2
+                # After a long idle (then after the polling's end): no polling.
+                assert await request_then_wait_for_sleep() < 0.2
+                assert await request_then_wait_for_sleep() >= 0.2  # came at once: polled
         nursery.cancel_scope.cancel()

@@ -58,6 +58,8 @@ def _guard(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        busy_poll = cast(Operations, args[0]).busy_poll
+        busy_poll.arrived()
         try:
             return await handler(*args, **kwargs)
         except FUSEError:
@@ -71,28 +73,35 @@ def _guard(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             log.exception("%s failed", handler.__name__)
             raise FUSEError(errno.EIO) from None
         finally:
-            cast(Operations, args[0]).busy_poll.answered()
+            busy_poll.answered()
 
     return guarded
 
 
 class BusyPoll:
-    """Keeps trio's loop polling (epoll with a zero timeout) for ``window`` seconds after each
-    answered request instead of letting it sleep until the kernel wakes it (``BUSY_POLL``)."""
+    """Keeps trio's loop polling (epoll with a zero timeout) for ``window`` seconds after an
+    answered request instead of letting it sleep until the kernel wakes it (``BUSY_POLL``);
+    only while requests come in lockstep: after a request that came within the window of the
+    one before. Requests that come spaced out (a copy written back page by page while the
+    gateway needs the CPU) are not polled for."""
 
     def __init__(self, window: float = BUSY_POLL) -> None:
         self.window = window
-        self._last = 0.0
+        self._last = 0.0  # when the latest request was answered
+        self._poll = False  # whether to poll after it
         self._asleep: trio.Event | None = None
+
+    def arrived(self) -> None:
+        self._poll = time.perf_counter() - self._last < self.window
 
     def answered(self) -> None:
         self._last = time.perf_counter()
-        if self._asleep is not None:
+        if self._poll and self._asleep is not None:
             self._asleep.set()
 
     async def run(self) -> None:
         while True:
-            if time.perf_counter() - self._last < self.window:
+            if self._poll and time.perf_counter() - self._last < self.window:
                 await trio.lowlevel.checkpoint()  # one pass of the loop: poll, run what is due
             else:
                 self._asleep = trio.Event()
