@@ -82,8 +82,8 @@ class BusyPoll:
     """Keeps trio's loop polling (epoll with a zero timeout) for ``window`` seconds after an
     answered request instead of letting it sleep until the kernel wakes it (``BUSY_POLL``);
     only while requests come in lockstep: after a request that came within the window of the
-    one before. Requests that come spaced out (a copy written back page by page while the
-    gateway needs the CPU) are not polled for."""
+    one before. Requests that come spaced out are not polled for: the polling would only take
+    a core from the gateway."""
 
     def __init__(self, window: float = BUSY_POLL) -> None:
         self.window = window
