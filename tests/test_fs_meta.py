@@ -27,9 +27,9 @@ def meta(tmp_path: Path) -> Metadata:
 def publish(meta: Metadata, directory: int) -> DirRecord:
     """What the sync task does after a successful compare-and-swap (no network here)."""
     ino = meta.get(directory)
-    record, moved = meta.build_record(directory)
+    record, moved, generation = meta.build_record(directory)
     version = 0 if ino.dir_version is None else ino.dir_version + 1
-    meta.mark_published(directory, ino.dir_gen, version, record.encode(), moved)
+    meta.mark_published(directory, generation, version, record.encode(), moved)
     return record
 
 
@@ -69,6 +69,35 @@ def test_generation_race_keeps_the_file_dirty(meta: Metadata) -> None:
     meta.content_changed(f.id, 3)  # written while the upload was on its way
     assert not meta.mark_uploaded(f.id, generation, Ref.INLINE, b"", 0, 0)
     assert meta.get(f.id).dirty and meta.get(f.id).data_ref is None
+
+
+def test_change_after_a_snapshot_makes_the_record_pending_again(meta: Metadata) -> None:
+    d = meta.create(ROOT_INODE, b"d", DIR, 0, 0)
+    f = meta.create(d.id, b"f", FILE, 0, 0)
+    upload(meta, f.id, b"x")
+    meta.set_attrs(f.id, mode=stat.S_IFREG | 0o600)  # d pending: a second change needs no
+    record, moved, generation = meta.build_record(d.id)
+    meta.set_attrs(f.id, mode=stat.S_IFREG | 0o640)  # bump, but after a snapshot it does
+    meta.mark_published(d.id, generation, 0, record.encode(), moved)
+    ino = meta.get(d.id)
+    assert ino.dir_gen != ino.dir_pub_gen and d.id in meta.dir_changes
+    assert publish(meta, d.id).entries[b"f"].mode == 0o640
+    assert meta.get(d.id).dir_gen == meta.get(d.id).dir_pub_gen
+
+
+def test_rolled_back_change_leaves_nothing_in_memory(meta: Metadata) -> None:
+    d = meta.create(ROOT_INODE, b"d", DIR, 0, 0)
+    f = meta.create(d.id, b"f", FILE, 0, 0)
+    upload(meta, f.id, b"x")
+    publish(meta, d.id)
+    meta.on_uncommitted = lambda: None  # changes nest as savepoints, as in a mount
+    with pytest.raises(RuntimeError), meta.transaction():
+        meta.set_attrs(f.id, mode=stat.S_IFREG | 0o600)
+        raise RuntimeError
+    assert stat.S_IMODE(meta.get(f.id).mode) == 0o644
+    assert meta.get(d.id).dir_gen == meta.get(d.id).dir_pub_gen
+    meta.set_attrs(f.id, mode=stat.S_IFREG | 0o600)  # the undone bump is not taken for done
+    assert meta.get(d.id).dir_gen != meta.get(d.id).dir_pub_gen
 
 
 def test_replaced_name_shows_its_previous_entry(meta: Metadata) -> None:

@@ -298,7 +298,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
         if changes:
-            ino = self.meta.set_attrs(ino, **changes)
+            ino = self.meta.set_attrs(inode, **changes)
         return self._attrs(ino)
 
     @_guard

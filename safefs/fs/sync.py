@@ -597,8 +597,7 @@ class SyncTask:
         """Publish a directory's record; on a version conflict merge and try again."""
         while True:
             ino = self.meta.get(directory)
-            generation = ino.dir_gen
-            record, moved_upto = self.meta.build_record(directory)
+            record, moved_upto, generation = self.meta.build_record(directory)
             encoded = await trio.to_thread.run_sync(record.encode, limiter=self._cpu)
             if ino.dir_state == DirState.LOADED and encoded == self.meta.base_encoded(directory):
                 assert ino.dir_version is not None
