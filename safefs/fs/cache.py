@@ -167,12 +167,16 @@ class FileCache:
         end = offset + len(data)
         if max(ino.size, end) > SMALL_FILE_MAX:
             return False
-        content = bytearray(self._small_content(ino))
-        if offset > len(content):
-            content.extend(bytes(offset - len(content)))
-        content[offset:end] = data
+        if offset == 0 and end >= ino.size:  # all of it new (a file written afresh)
+            content = bytes(data)
+        else:
+            buffer = bytearray(self._small_content(ino))
+            if offset > len(buffer):
+                buffer.extend(bytes(offset - len(buffer)))
+            buffer[offset:end] = data
+            content = bytes(buffer)
         self._lru_discard_inode(ino.id)  # dirty from here on
-        self.meta.write_small(ino.id, bytes(content))
+        self.meta.write_small(ino.id, content)
         return True
 
     # -- reading ------------------------------------------------------------------------------
