@@ -51,6 +51,10 @@ COMMIT_DELAY = 0.05
 SMALL_FILE_MAX = 64 * 1024
 #: Inode rows kept in memory (a few hundred bytes each): those a burst of requests works on.
 CACHED_ROWS = 4096
+#: Entries remembered as having made their directory's record pending (see
+#: ``Metadata._bumped_parents``); beyond this they are forgotten (a bump more each), so a long
+#: copy into a directory that never goes idle does not grow the daemon.
+REMEMBERED_BUMPS = 65536
 
 
 class DirState(enum.IntEnum):
@@ -600,6 +604,8 @@ class Metadata:
             parent = row[0]
             self._rows.pop(parent, None)
             self._bumped_dirs.add(parent)
+            if len(self._bumped_parents) >= REMEMBERED_BUMPS:
+                self._bumped_parents.clear()
             self._bumped_parents[inode] = parent
             self._note_change(self.dir_changes, parent)
 
