@@ -524,13 +524,7 @@ class Metadata:
 
     def _touch_dir(self, parent: int, now: int) -> None:
         """A directory's entries changed: new mtime (its parent's entry shows it), new record."""
-        bump = parent not in self._bumped_dirs
-        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=?, dir_gen=dir_gen+? WHERE id=?",
-                        (now, now, int(bump), parent))
-        self._rows.pop(parent, None)
-        if bump:
-            self._bumped_dirs.add(parent)
-        self._note_change(self.dir_changes, parent)
+        self._bump_dir(parent, times=now)
         self._entry_changed(parent)
 
     def _set_ctime(self, inode: int, now: int) -> None:
@@ -609,9 +603,17 @@ class Metadata:
             self._bumped_parents[inode] = parent
             self._note_change(self.dir_changes, parent)
 
-    def _bump_dir(self, directory: int) -> None:
-        if directory not in self._bumped_dirs:
+    def _bump_dir(self, directory: int, times: int | None = None) -> None:
+        """The directory's record must change (and with ``times``, its mtime and ctime): one
+        statement for both."""
+        bump = directory not in self._bumped_dirs
+        if times is not None:
+            self.db.execute(
+                "UPDATE inodes SET mtime_ns=?, ctime_ns=?, dir_gen=dir_gen+? WHERE id=?",
+                (times, times, int(bump), directory))
+        elif bump:
             self.db.execute("UPDATE inodes SET dir_gen=dir_gen+1 WHERE id=?", (directory,))
+        if bump or times is not None:
             self._rows.pop(directory, None)
             self._bumped_dirs.add(directory)
         self._note_change(self.dir_changes, directory)
