@@ -59,6 +59,8 @@ TEMP_DIR = "tmp"
 RECORDS_DB = "records.sqlite"
 #: Chunks from this size on start their writeback when written (see _write_new).
 WRITEBACK_MIN = 1024 * 1024
+#: Chunks from this size on are written with direct I/O (see _write_new).
+DIRECT_MIN = 64 * 1024
 #: New chunks counted in memory before the totals row is updated (one transaction per batch).
 TOTALS_BATCH = 64
 # Every name a store directory may hold (SQLite keeps its -wal/-shm/-journal beside the database).
@@ -575,12 +577,15 @@ def _read(path: str) -> bytes:
 
 def _write_new(path: str, data: bytes, synced: bool = False) -> None:
     """Create ``path`` (which must not exist) holding ``data``; flushed to disk if ``synced``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd, direct = osutil.open_new(path, direct=len(data) >= DIRECT_MIN)
     try:
-        osutil.write_all(fd, data)
+        if direct:
+            osutil.write_direct(fd, data)
+        else:
+            osutil.write_all(fd, data)
         if synced:
             os.fsync(fd)
-        elif len(data) >= WRITEBACK_MIN:
+        elif not direct and len(data) >= WRITEBACK_MIN:
             # Start writing it out now, so that the next flush finds little left to write (a
             # large upload would otherwise leave it all to the flush at its close). Small
             # chunks (directory records, packs' tails) are left to the flush: a call each
