@@ -41,8 +41,8 @@ def meta(tmp_path: Path) -> Metadata:
 def uploaded_file(meta: Metadata, cache: FileCache, content: bytes = CONTENT) -> int:
     """A clean file whose content is only at the source (nothing cached)."""
     ino = meta.create(ROOT_INODE, b"f", stat.S_IFREG | 0o644, 0, 0)
-    assert meta.mark_uploaded(ino.id, ino.generation, Ref.INLINE, content, len(content), 0)
     meta.db.execute("UPDATE inodes SET size=? WHERE id=?", (len(content), ino.id))
+    assert meta.mark_uploaded(ino.id, ino.generation, Ref.INLINE, content, len(content), 0)
     meta.drop_cached_blocks(ino.id)
     cache.drop(ino.id)
     return ino.id

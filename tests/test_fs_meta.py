@@ -100,6 +100,43 @@ def test_rolled_back_change_leaves_nothing_in_memory(meta: Metadata) -> None:
     assert meta.get(d.id).dir_gen != meta.get(d.id).dir_pub_gen
 
 
+def test_records_built_meanwhile_leave_other_directories_pending(meta: Metadata) -> None:
+    a, b = (meta.create(ROOT_INODE, name, DIR, 0, 0) for name in (b"a", b"b"))
+    fa, fb = meta.create(a.id, b"fa", FILE, 0, 0), meta.create(b.id, b"fb", FILE, 0, 0)
+    for inode, directory in ((fa.id, a.id), (fb.id, b.id)):
+        upload(meta, inode, b"x")
+        publish(meta, directory)
+
+    def pending(directory: int) -> bool:
+        ino = meta.get(directory)
+        return ino.dir_gen != ino.dir_pub_gen
+
+    meta.set_attrs(fa.id, mode=stat.S_IFREG | 0o600)
+    publish(meta, b.id)  # another directory's record built in between
+    meta.set_attrs(fa.id, mode=stat.S_IFREG | 0o640)
+    assert pending(a.id) and not pending(b.id)
+    assert publish(meta, a.id).entries[b"fa"].mode == 0o640 and not pending(a.id)
+    upload(meta, fa.id, b"y")  # after a's snapshot: its record must change again
+    assert pending(a.id) and publish(meta, a.id).entries[b"fa"].data == b"y"
+
+
+def test_names_follow_moves_removals_and_rollbacks(meta: Metadata) -> None:
+    d = meta.create(ROOT_INODE, b"d", DIR, 0, 0)
+    f = meta.create(ROOT_INODE, b"f", FILE, 0, 0)
+    assert meta.name_of(f.id) == (ROOT_INODE, b"f") and meta.name_of(ROOT_INODE) is None
+    meta.rename(ROOT_INODE, b"f", d.id, b"g")
+    assert meta.name_of(f.id) == (d.id, b"g")
+    meta.on_uncommitted = lambda: None  # changes nest as savepoints, as in a mount
+    with pytest.raises(RuntimeError), meta.transaction():
+        meta.rename(d.id, b"g", ROOT_INODE, b"h")
+        assert meta.name_of(f.id) == (ROOT_INODE, b"h")
+        raise RuntimeError
+    assert meta.name_of(f.id) == (d.id, b"g")
+    meta.remove(d.id, b"g")
+    assert meta.name_of(f.id) is None and not meta.needs_sync(f.id)
+    assert meta.detach_children(ROOT_INODE) == [d.id] and meta.name_of(d.id) is None
+
+
 def test_replaced_name_shows_its_previous_entry(meta: Metadata) -> None:
     f = meta.create(ROOT_INODE, b"notes", FILE, 0, 0)
     upload(meta, f.id, b"old")

@@ -30,11 +30,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 from safefs.fs.dirrecord import AT_GATEWAY, Attrs, DirRecord, Entry, Kind, Ref, XAttrs
 from safefs.fs.merge import Local
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROOT_INODE = 1
 #: Inode number of the control file; never stored in ``inodes``.
@@ -49,7 +51,8 @@ COMMIT_DELAY = 0.05
 #: once or twice. 64 KiB leaves 184 of the 2,434 files of a Python source tree a cache file
 #: (16 KiB left 638; untar + settle took 6 % less time and daemon CPU, averaged over 4 runs).
 SMALL_FILE_MAX = 64 * 1024
-#: Inode rows kept in memory (a few hundred bytes each): those a burst of requests works on.
+#: Inode rows (a few hundred bytes each) and names kept in memory: those a burst of requests
+#: works on.
 CACHED_ROWS = 4096
 #: Entries remembered as having made their directory's record pending (see
 #: ``Metadata._bumped_parents``); beyond this they are forgotten (a bump more each), so a long
@@ -251,11 +254,16 @@ class Metadata:
         #: the same few rows about fifteen times per file. Every statement that changes a row
         #: drops it (or puts the new row), a rollback drops them all.
         self._rows: dict[int, Inode] = {}
+        #: (parent, name) of inodes (None: the root, an orphan), kept the same way: the sync
+        #: task asks for a file's name about four times per upload.
+        self._names: dict[int, tuple[int, bytes] | None] = {}
         #: What changed since the latest record snapshot (:meth:`build_record`) and already
-        #: made its record pending: directories whose ``dir_gen`` was bumped, and entries (inode
-        #: -> parent) whose parent's was. Bumping again before the next snapshot would change
-        #: nothing that matters (the record is pending either way), so it is skipped: three
-        #: statements fewer per file of an untar. A rollback or a move forgets them.
+        #: made its record pending: directories whose ``dir_gen`` was bumped since their
+        #: record was last built, and the parents of entries (inode -> parent) bumped for them.
+        #: Bumping again before the next snapshot would change nothing that matters (the record
+        #: is pending either way), so it is skipped: three statements fewer per file of an
+        #: untar, one per upload. Building a record forgets its directory, a move or removal
+        #: its entry, a rollback all of them.
         self._bumped_dirs: set[int] = set()
         self._bumped_parents: dict[int, int] = {}
         new = not path.exists()
@@ -325,6 +333,7 @@ class Metadata:
     def _forget_cached(self) -> None:
         """After a rollback: what is in memory may be what was undone."""
         self._rows.clear()
+        self._names.clear()
         self._bumped_dirs.clear()
         self._bumped_parents.clear()
 
@@ -368,9 +377,7 @@ class Metadata:
         return ino
 
     def _cache_row(self, ino: Inode) -> Inode:
-        if len(self._rows) >= CACHED_ROWS:
-            del self._rows[next(iter(self._rows))]  # the oldest
-        self._rows[ino.id] = ino
+        _remember(self._rows, ino.id, ino)
         return ino
 
     def exists(self, inode: int) -> bool:
@@ -384,9 +391,12 @@ class Metadata:
 
     def name_of(self, inode: int) -> tuple[int, bytes] | None:
         """(parent, name) of an inode, None for the root and for orphans."""
-        row = self.db.execute("SELECT parent, name FROM dirents WHERE inode=?",
-                              (inode,)).fetchone()
-        return None if row is None else (row[0], row[1])
+        try:
+            return self._names[inode]
+        except KeyError:
+            row = self.db.execute("SELECT parent, name FROM dirents WHERE inode=?",
+                                  (inode,)).fetchone()
+            return _remember(self._names, inode, None if row is None else (row[0], row[1]))
 
     def children(self, parent: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
         """(offset, name, inode) of the entries of a directory, in stable offset order."""
@@ -442,6 +452,7 @@ class Metadata:
                  DirState.NEW if is_dir else None, int(is_dir))).fetchone())
             self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)",
                             (parent, name, ino.id))
+            _remember(self._names, ino.id, (parent, name))
             self._touch_dir(parent, now)
         if stat.S_ISREG(mode):
             self._note_change(self.file_changes, ino.id)
@@ -477,6 +488,7 @@ class Metadata:
                 self._del_dirent(parent_new, name_new, replaced)
             self.db.execute("UPDATE dirents SET parent=?, name=? WHERE inode=?",
                             (parent_new, name_new, inode))
+            self._names.pop(inode, None)
             self._bumped_parents.pop(inode, None)
             self._touch_dir(parent_old, now)
             self._touch_dir(parent_new, now)
@@ -504,6 +516,7 @@ class Metadata:
         children = [child for _, _, child in self.children(directory)]
         self.db.execute("DELETE FROM dirents WHERE parent=?", (directory,))
         for child in children:
+            self._names.pop(child, None)
             self._bumped_parents.pop(child, None)
         return children
 
@@ -514,6 +527,7 @@ class Metadata:
 
     def _del_dirent(self, parent: int, name: bytes, inode: int) -> None:
         self.db.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
+        self._names.pop(inode, None)
         self._bumped_parents.pop(inode, None)
         self._set_ctime(inode, time.time_ns())
         # The entry is gone for good: sources that kept showing it may drop it now.
@@ -588,7 +602,7 @@ class Metadata:
             self._bump_dir(ROOT_INODE)
             return
         parent = self._bumped_parents.get(inode)
-        if parent is not None:
+        if parent is not None and parent in self._bumped_dirs:
             self._note_change(self.dir_changes, parent)
             return
         row = self.db.execute(  # one statement: this runs for every chmod, chown and utimens
@@ -628,11 +642,14 @@ class Metadata:
 
     def needs_sync(self, inode: int) -> bool:
         """Whether an inode in the tree has content to upload or a record to publish."""
-        row = self.db.execute(
-            "SELECT generation != synced_gen OR (dir_gen != dir_pub_gen AND dir_state != ?)"
-            " FROM inodes WHERE id=? AND (id=? OR id IN (SELECT inode FROM dirents))",
-            (DirState.UNLOADED, inode, ROOT_INODE)).fetchone()
-        return bool(row and row[0])
+        try:
+            ino = self.get(inode)
+        except NoSuchEntry:
+            return False
+        if inode != ROOT_INODE and self.name_of(inode) is None:
+            return False  # an orphan: nothing of it is published any more
+        return ino.generation != ino.synced_gen or \
+            (ino.dir_gen != ino.dir_pub_gen and ino.dir_state != DirState.UNLOADED)
 
     def dirty_files(self) -> list[Inode]:
         """Files with content to upload (orphans need none)."""
@@ -684,13 +701,15 @@ class Metadata:
         takes over from the row."""
         kept_row = not in_cache_file and ref != Ref.INLINE
         with self.transaction():
-            updated = self.db.execute(
+            row = self.db.execute(
                 "UPDATE inodes SET synced_gen=?, data_ref=?, data=?, data_size=?,"
-                " data_mtime_ns=?, fetch_limit=? WHERE id=? AND generation=?",
+                " data_mtime_ns=?, fetch_limit=? WHERE id=? AND generation=?"
+                f" RETURNING {_INODE_COLUMNS}",
                 (generation, ref, data, size, mtime_ns, 0 if kept_row else size, inode,
-                 generation)).rowcount
+                 generation)).fetchone()
+            updated = row is not None
             if updated:
-                self._rows.pop(inode, None)
+                self._cache_row(Inode(*row))
                 self.db.execute("DELETE FROM cache_blocks WHERE inode=?", (inode,))
                 if in_cache_file:
                     self.db.executemany(
@@ -787,8 +806,7 @@ class Metadata:
         record names data that exists.
         """
         generation = self.get(directory).dir_gen
-        self._bumped_dirs.clear()  # a change from here on must make the record pending again
-        self._bumped_parents.clear()
+        self._bumped_dirs.discard(directory)  # a change from here on must make it pending again
         base = self.base_record(directory).entries
         xattrs: dict[int, list[tuple[bytes, bytes]]] = {}
         for inode, name, value in self.db.execute(
@@ -934,6 +952,7 @@ class Metadata:
                             ((inode, key, value) for key, value in entry.xattrs))
         self.db.execute("INSERT INTO dirents (parent, name, inode) VALUES (?, ?, ?)",
                         (directory, name, inode))
+        self._names.pop(inode, None)
         return inode
 
     def _update_from_entry(self, ino: Inode, entry: Entry) -> None:
@@ -1039,6 +1058,15 @@ class Metadata:
 
 #: Size of a cache block: the unit of fetching, presence tracking and eviction.
 BLOCK_SIZE = 1 << 20
+
+
+def _remember(memory: dict[int, T], key: int, value: T) -> T:
+    """Keep ``value`` under ``key`` in a bounded memory (up to ``CACHED_ROWS`` entries, the
+    oldest dropped first)."""
+    if len(memory) >= CACHED_ROWS and key not in memory:
+        del memory[next(iter(memory))]
+    memory[key] = value
+    return value
 
 
 def blocks_in(size: int) -> int:
