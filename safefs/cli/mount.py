@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -192,7 +191,7 @@ def _mount_of(path: str | None) -> Path:
 def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     """Ask the daemon for a flush and wait for it, with progress; returns the final status."""
     from safefs import osutil
-    from safefs.fs.ctrl import read_progress, read_status, request_flush
+    from safefs.fs.ctrl import read_status, request_flush, wait_progress
 
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -203,15 +202,12 @@ def _flush(mountpoint: Path, label: str, pull: bool) -> dict:
     target = request_flush(mountpoint, pull)
     with progress_bar(start["pending_bytes"], label) as progress:
         done = start["uploaded_bytes"]
-        for attempt in itertools.count():
-            now = read_progress(mountpoint)  # (the full status counts what is pending)
+        while True:
+            now = wait_progress(mountpoint)  # at the flush's end, or soon for the bar
             progress(now["uploaded_bytes"] - done)
             done = now["uploaded_bytes"]
             if max(now["flush_done"], now["flush_failed"]) >= target:
                 return read_status(mountpoint)
-            # Quick when there is little to do; then every 20 ms: a progress read is one cheap
-            # request, and the time from the flush's end to the command's is a script's wait.
-            time.sleep(min(0.02, 0.005 * 2**attempt))
 
 
 def _umount(args: argparse.Namespace) -> None:

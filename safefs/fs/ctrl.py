@@ -2,10 +2,12 @@
 
 The root of every mount has a hidden file ``CTRL_NAME`` (not listed by readdir). Reading its
 ``STATUS_XATTR`` attribute returns the daemon's status as JSON, ``PROGRESS_XATTR`` the part of it
-a client waiting for a flush polls (cheap: no counting of pending files); writing ``FLUSH_XATTR``
-attribute asks for a flush: upload and publish everything, and with the value ``pull`` also
-merge the changes other mounts made (``safefs sync``; ``umount`` only pushes). Going through
-the mount itself needs no socket and no discovery: a path inside the mount is enough.
+a client waiting for a flush reads (cheap: no counting of pending files), and ``WAIT_XATTR`` the
+same once no requested flush is outstanding, or after ``WAIT_MAX`` seconds: a client waiting for a
+flush learns of its end at once, without polling, and can still show progress. Writing
+``FLUSH_XATTR`` asks for a flush: upload and publish everything, and with the value ``pull``
+also merge the changes other mounts made (``safefs sync``; ``umount`` only pushes). Going
+through the mount itself needs no socket and no discovery: a path inside the mount is enough.
 
 Flushes are numbered: ``flush_requested`` counts requests, ``flush_done`` is the latest request
 a completed flush covered and ``flush_failed`` the latest one a failed flush covered. A client
@@ -32,6 +34,10 @@ CTRL_NAME = b".__safefs_ctrl__"
 STATUS_XATTR = b"user.safefs.status"
 PROGRESS_XATTR = b"user.safefs.progress"
 FLUSH_XATTR = b"user.safefs.flush"
+WAIT_XATTR = b"user.safefs.wait"
+#: Longest a read of ``WAIT_XATTR`` waits (and so how often a progress bar moves; a request
+#: blocked in the kernel holds off Ctrl-C until it returns).
+WAIT_MAX = 0.25
 
 
 class Control:
@@ -49,8 +55,9 @@ class Control:
         self._pull = False
         import trio  # here, not at the top: the client side (``safefs sync``) starts faster
 
-        self._new_event = trio.Event
+        self._trio = trio
         self._wake: trio.Event = trio.Event()
+        self._finished: trio.Event = trio.Event()  # set (and replaced) after each flush
 
     def request_flush(self, pull: bool) -> None:
         self.flush_requested += 1
@@ -65,6 +72,16 @@ class Control:
     def progress(self) -> bytes:
         return json.dumps(self._progress(), sort_keys=True).encode()
 
+    async def wait(self) -> bytes:
+        """The progress once no requested flush is outstanding, or after ``WAIT_MAX``."""
+        with self._trio.move_on_after(WAIT_MAX):
+            while self._outstanding():
+                await self._finished.wait()
+        return self.progress()
+
+    def _outstanding(self) -> bool:
+        return max(self.flush_done, self.flush_failed) < self.flush_requested
+
     def _progress(self) -> dict:
         return {"flush_requested": self.flush_requested, "flush_done": self.flush_done,
                 "flush_failed": self.flush_failed, "flush_error": self.flush_error,
@@ -73,8 +90,8 @@ class Control:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake = self._new_event()
-            while max(self.flush_done, self.flush_failed) < self.flush_requested:
+            self._wake = self._trio.Event()
+            while self._outstanding():
                 covered, pull, self._pull = self.flush_requested, self._pull, False
                 try:
                     await self._flush(pull)
@@ -87,6 +104,8 @@ class Control:
                 else:
                     self.flush_error = ""
                     self.flush_done = covered
+                self._finished.set()
+                self._finished = self._trio.Event()
 
 
 # -- client side -----------------------------------------------------------------------------
@@ -103,6 +122,11 @@ def read_status(mountpoint: str | os.PathLike) -> dict:
 def read_progress(mountpoint: str | os.PathLike) -> dict:
     """Flush numbers and uploaded bytes (OSError if the mount does not answer)."""
     return json.loads(os.getxattr(ctrl_path(mountpoint), PROGRESS_XATTR.decode()))
+
+
+def wait_progress(mountpoint: str | os.PathLike) -> dict:
+    """:func:`read_progress` once no requested flush is outstanding, or after ``WAIT_MAX``."""
+    return json.loads(os.getxattr(ctrl_path(mountpoint), WAIT_XATTR.decode()))
 
 
 def request_flush(mountpoint: str | os.PathLike, pull: bool) -> int:

@@ -31,7 +31,14 @@ from pyfuse3 import FUSEError
 from safefs.client import GatewayError
 from safefs.fs import DIR_TAG, NAME_MAX, SAFE_XATTR_PREFIX
 from safefs.fs.cache import FileCache
-from safefs.fs.ctrl import CTRL_NAME, FLUSH_XATTR, PROGRESS_XATTR, STATUS_XATTR, Control
+from safefs.fs.ctrl import (
+    CTRL_NAME,
+    FLUSH_XATTR,
+    PROGRESS_XATTR,
+    STATUS_XATTR,
+    WAIT_XATTR,
+    Control,
+)
 from safefs.fs.dirrecord import XATTR_VALUE_MAX, Ref
 from safefs.fs.meta import CTRL_INODE, ROOT_INODE, DirState, Inode, Metadata, NoSuchEntry
 from safefs.fs.sync import SyncTask
@@ -551,6 +558,8 @@ class Operations(pyfuse3.Operations):
         if inode == CTRL_INODE:
             if name == PROGRESS_XATTR:
                 return self.control.progress()
+            if name == WAIT_XATTR:
+                return await self.control.wait()
             if name != STATUS_XATTR:
                 raise FUSEError(pyfuse3.ENOATTR)
             return self.control.status()
