@@ -36,6 +36,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 HAVE_SYNCFS = _syncfs is not None
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 #: Direct I/O wants memory, file offsets and lengths in multiples of the device's logical
 #: block; 4 KiB is one for every common device.
@@ -47,7 +48,6 @@ O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: file systems): from then on every write goes through the page cache.
 direct_io = O_DIRECT != 0
 _direct_buffers = threading.local()
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 def syncfs(fd: int) -> None:

@@ -55,9 +55,10 @@ SMALL_FILE_MAX = 64 * 1024
 #: works on.
 CACHED_ROWS = 4096
 #: Entries remembered as having made their directory's record pending (see
-#: ``Metadata._bumped_parents``); beyond this they are forgotten (a bump more each), so a long
-#: copy into a directory that never goes idle does not grow the daemon.
-REMEMBERED_BUMPS = 65536
+#: ``Metadata._bumped_parents``); beyond this the oldest are forgotten (a bump more each), so
+#: a long copy does not grow the daemon (building a record no longer empties them). Enough for
+#: an untar's files from their creation to their upload in the settle.
+REMEMBERED_BUMPS = 16384
 
 
 class DirState(enum.IntEnum):
@@ -612,9 +613,7 @@ class Metadata:
             parent = row[0]
             self._rows.pop(parent, None)
             self._bumped_dirs.add(parent)
-            if len(self._bumped_parents) >= REMEMBERED_BUMPS:
-                self._bumped_parents.clear()
-            self._bumped_parents[inode] = parent
+            _remember(self._bumped_parents, inode, parent, REMEMBERED_BUMPS)
             self._note_change(self.dir_changes, parent)
 
     def _bump_dir(self, directory: int, times: int | None = None) -> None:
@@ -1060,10 +1059,9 @@ class Metadata:
 BLOCK_SIZE = 1 << 20
 
 
-def _remember(memory: dict[int, T], key: int, value: T) -> T:
-    """Keep ``value`` under ``key`` in a bounded memory (up to ``CACHED_ROWS`` entries, the
-    oldest dropped first)."""
-    if len(memory) >= CACHED_ROWS and key not in memory:
+def _remember(memory: dict[int, T], key: int, value: T, limit: int = CACHED_ROWS) -> T:
+    """Keep ``value`` under ``key`` in a bounded memory (the oldest entry goes first)."""
+    if len(memory) >= limit and key not in memory:
         del memory[next(iter(memory))]
     memory[key] = value
     return value
