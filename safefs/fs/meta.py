@@ -54,11 +54,6 @@ SMALL_FILE_MAX = 64 * 1024
 #: Inode rows (a few hundred bytes each) and names kept in memory: those a burst of requests
 #: works on.
 CACHED_ROWS = 4096
-#: Entries remembered as having made their directory's record pending (see
-#: ``Metadata._bumped_parents``); beyond this the oldest are forgotten (a bump more each), so
-#: a long copy does not grow the daemon (building a record no longer empties them). Enough for
-#: an untar's files from their creation to their upload in the settle.
-REMEMBERED_BUMPS = 16384
 
 
 class DirState(enum.IntEnum):
@@ -258,15 +253,12 @@ class Metadata:
         #: (parent, name) of inodes (None: the root, an orphan), kept the same way: the sync
         #: task asks for a file's name about four times per upload.
         self._names: dict[int, tuple[int, bytes] | None] = {}
-        #: What changed since the latest record snapshot (:meth:`build_record`) and already
-        #: made its record pending: directories whose ``dir_gen`` was bumped since their
-        #: record was last built, and the parents of entries (inode -> parent) bumped for them.
-        #: Bumping again before the next snapshot would change nothing that matters (the record
-        #: is pending either way), so it is skipped: three statements fewer per file of an
-        #: untar, one per upload. Building a record forgets its directory, a move or removal
-        #: its entry, a rollback all of them.
+        #: Directories whose ``dir_gen`` was bumped since their record was last built
+        #: (:meth:`build_record`): their record is pending either way, so bumping again before
+        #: the next build would change nothing that matters and is skipped (three statements
+        #: fewer per file of an untar, one per upload). Building a record forgets its
+        #: directory, a rollback all of them.
         self._bumped_dirs: set[int] = set()
-        self._bumped_parents: dict[int, int] = {}
         new = not path.exists()
         self.db = sqlite3.connect(path, isolation_level=None)
         self._open = True
@@ -336,7 +328,6 @@ class Metadata:
         self._rows.clear()
         self._names.clear()
         self._bumped_dirs.clear()
-        self._bumped_parents.clear()
 
     def make_durable(self) -> None:
         """Make every committed change survive a power loss (:meth:`commit` first, on the trio
@@ -490,7 +481,6 @@ class Metadata:
             self.db.execute("UPDATE dirents SET parent=?, name=? WHERE inode=?",
                             (parent_new, name_new, inode))
             self._names.pop(inode, None)
-            self._bumped_parents.pop(inode, None)
             self._touch_dir(parent_old, now)
             self._touch_dir(parent_new, now)
             self._set_ctime(inode, now)
@@ -518,7 +508,6 @@ class Metadata:
         self.db.execute("DELETE FROM dirents WHERE parent=?", (directory,))
         for child in children:
             self._names.pop(child, None)
-            self._bumped_parents.pop(child, None)
         return children
 
     def orphans(self) -> list[int]:
@@ -529,7 +518,6 @@ class Metadata:
     def _del_dirent(self, parent: int, name: bytes, inode: int) -> None:
         self.db.execute("DELETE FROM dirents WHERE parent=? AND name=?", (parent, name))
         self._names.pop(inode, None)
-        self._bumped_parents.pop(inode, None)
         self._set_ctime(inode, time.time_ns())
         # The entry is gone for good: sources that kept showing it may drop it now.
         for (src,) in self.db.execute("SELECT src FROM moved_out WHERE inode=?",
@@ -601,20 +589,8 @@ class Metadata:
         """The entry of ``inode`` changed: its parent's record (the root's own) must show it."""
         if inode == ROOT_INODE:
             self._bump_dir(ROOT_INODE)
-            return
-        parent = self._bumped_parents.get(inode)
-        if parent is not None and parent in self._bumped_dirs:
-            self._note_change(self.dir_changes, parent)
-            return
-        row = self.db.execute(  # one statement: this runs for every chmod, chown and utimens
-            "UPDATE inodes SET dir_gen=dir_gen+1 WHERE id=(SELECT parent FROM dirents"
-            " WHERE inode=?) RETURNING id", (inode,)).fetchone()
-        if row is not None:
-            parent = row[0]
-            self._rows.pop(parent, None)
-            self._bumped_dirs.add(parent)
-            _remember(self._bumped_parents, inode, parent, REMEMBERED_BUMPS)
-            self._note_change(self.dir_changes, parent)
+        elif (where := self.name_of(inode)) is not None:
+            self._bump_dir(where[0])
 
     def _bump_dir(self, directory: int, times: int | None = None) -> None:
         """The directory's record must change (and with ``times``, its mtime and ctime): one
@@ -1059,9 +1035,10 @@ class Metadata:
 BLOCK_SIZE = 1 << 20
 
 
-def _remember(memory: dict[int, T], key: int, value: T, limit: int = CACHED_ROWS) -> T:
-    """Keep ``value`` under ``key`` in a bounded memory (the oldest entry goes first)."""
-    if len(memory) >= limit and key not in memory:
+def _remember(memory: dict[int, T], key: int, value: T) -> T:
+    """Keep ``value`` under ``key`` in a bounded memory (up to ``CACHED_ROWS`` entries, the
+    oldest dropped first)."""
+    if len(memory) >= CACHED_ROWS and key not in memory:
         del memory[next(iter(memory))]
     memory[key] = value
     return value
