@@ -119,8 +119,9 @@ def write_direct(fd: int, data: Any) -> None:
             if exc.errno != errno.EINVAL:
                 raise
             direct_io = False
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
-    write_all(fd, view[done:])
+    if done < len(view):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~O_DIRECT)
+        write_all(fd, view[done:])
 
 
 def start_writeback(fd: int) -> None:
